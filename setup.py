@@ -1,0 +1,44 @@
+"""quietstar_jax: TPU-native JAX/Flax implementation of Quiet-STaR (arXiv 2403.09629)."""
+
+from setuptools import find_packages, setup
+
+# Versions pinned to a set known to install together (see README, "Versions").
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "chex==0.1.92",
+    "ml-collections==1.1.0",
+    "numpy==2.3.5",
+    "safetensors==0.8.0",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "sentencepiece==0.2.3",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "mistral-common==1.13.1",
+    "tensorboardX",
+    "absl-py",
+]
+
+EXTRAS = {
+    # torch is an exact pin: 2.13.0 is a local CPU wheel here; anything else pulls GBs of CUDA.
+    # gguf + accelerate + torch let transformers materialise SmolLM2 from its GGUF file.
+    "hf": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0"],
+    "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest"],
+    "tpu": ["libtpu"],
+}
+
+setup(
+    name="quietstar_jax",
+    version="0.1.0",
+    description="Quiet-STaR (language models that think before speaking) in JAX for Cloud TPU.",
+    packages=find_packages(include=["quietstar_jax", "quietstar_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+)
