@@ -1,0 +1,1 @@
+"""Training system: state, step, loop, checkpointing, metrics."""
