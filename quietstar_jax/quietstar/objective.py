@@ -1,0 +1,129 @@
+"""The Quiet-STaR objective: teacher-forced NLL of the mixed predictions plus REINFORCE on thoughts.
+
+    L = base_w * NLL_base + mix_w * (1/M) sum_s NLL_mix(s) + policy_weight * L_policy
+    R(p, thought)  = sum_{s<M} [log p_mix(x_{p+s+1}) - log p_base(x_{p+s+1})]          (detached)
+    A              = R - mean over the P thoughts of the same position; clamp(A, 0) by default
+    L_policy       = -mean_p A * sum_j log softmax(logits_j / policy_temperature)[t_j]
+
+All log-probs, softmaxes and losses are float32. Shapes: B examples, P thoughts each, R = B * P rows
+(the P copies of an example are adjacent), L positions, V vocab, T = N - 3 thought tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from quietstar_jax.model.attention import StreamMask
+from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.transformer import embed, forward, lm_logits
+from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.config import QuietStarConfig
+from quietstar_jax.quietstar.mixing import mixing_weight
+from quietstar_jax.quietstar.sampling import sample_thoughts
+from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
+
+
+def masked_mean(x, mask):
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def token_logprobs(logits, targets):
+    """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def policy_loss(logits, thoughts, advantages, temperature: float, valid):
+    """REINFORCE surrogate: -mean_p A_p * sum_j log softmax(logits / temperature)[t_j].
+
+    logits (R, L, T, V) that produced thoughts (R, L, T); advantages, valid (R, L). The gradient with
+    respect to the logits is -A (onehot(t) - softmax(logits / temperature)) / temperature.
+    """
+    logp = token_logprobs(logits / temperature, thoughts).sum(-1)
+    return masked_mean(-jax.lax.stop_gradient(advantages) * logp, valid)
+
+
+def advantages(qs: QuietStarConfig, rewards):
+    """rewards (R, L) -> advantages (R, L): minus the mean over the P thoughts of each position."""
+    r = rewards.reshape(-1, qs.n_passes, rewards.shape[-1])
+    a = (r - r.mean(axis=1, keepdims=True)).reshape(rewards.shape)
+    return jnp.maximum(a, 0.0) if qs.clamp_advantage else a
+
+
+def plain_lm_loss(params, cfg: ModelConfig, batch):
+    """Ordinary next-token NLL (the N = M = P = 1 baseline). batch: tokens/positions/segment_ids (B, L)."""
+    tokens, seg = batch["tokens"], batch["segment_ids"]
+    h = forward(params, cfg, embed(params, cfg, tokens)[:, None],
+                batch["positions"][:, None], StreamMask.causal(seg))[:, 0]
+    lp = token_logprobs(lm_logits(params, cfg, h), layout.shift_left(tokens, 1))
+    nll = masked_mean(-lp, layout.next_token_valid(seg, 0))
+    return nll, {"loss": nll, "nll_base": nll}
+
+
+def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, thoughts=None):
+    """Total loss and metrics for one batch.
+
+    batch: {"tokens", "positions", "segment_ids"}: (B, L) int32 (segment 0 = padding).
+    thoughts: optional (B * P, L, T) pre-sampled thought tokens (tests); sampled from `key` otherwise.
+    Returns (loss, metrics dict of float32 scalars).
+    """
+    if not qs.enabled:
+        return plain_lm_loss(params, cfg, batch)
+    P, M, N = qs.n_passes, qs.n_ahead_talk, qs.n_ahead
+    rep = lambda a: jnp.repeat(a, P, axis=0)  # noqa: E731
+    tokens, pos, seg = rep(batch["tokens"]), rep(batch["positions"]), rep(batch["segment_ids"])
+    entropy = jnp.float32(jnp.nan)
+    if thoughts is None:
+        thoughts, entropy = sample_thoughts(params, cfg, qs, tokens, pos, seg, key)
+    thoughts = jax.lax.stop_gradient(thoughts)
+    K = qs.num_streams
+    streams = layout.stream_tokens(qs, tokens, thoughts)
+    hidden = forward(params, cfg, embed_with_thoughts(params, cfg, qs, streams),
+                     layout.stream_positions(qs, pos), StreamMask.streams(seg, K))  # (R, K, L, H)
+
+    # Base predictions: log p_base(x_{p+1}) at every position.
+    h_base = hidden[:, 0]
+    base_lp = token_logprobs(mask_thought_logits(lm_logits(params, cfg, h_base), qs),
+                             layout.shift_left(tokens, 1))
+    nll_base = masked_mean(-base_lp, layout.next_token_valid(seg, 0))
+
+    head = params["quietstar"]["talk_head"]
+    reward = jnp.zeros(tokens.shape, jnp.float32)
+    nll_mix, w_sum = 0.0, 0.0
+    for s in range(M):
+        hb = layout.shift_left(h_base, s)  # h_base at p + s
+        ht = hidden[:, N - 1 + s]
+        w = mixing_weight(head, qs, hb, ht)  # (R, L, 1)
+        target = layout.shift_left(tokens, s + 1)
+        if qs.mixer == "hidden":
+            mixed = lm_logits(params, cfg, ((1.0 - w) * hb + w * ht).astype(hb.dtype))
+        else:
+            mixed = (1.0 - w) * lm_logits(params, cfg, hb) + w * lm_logits(params, cfg, ht)
+        mix_lp = token_logprobs(mask_thought_logits(mixed, qs), target)
+        valid_s = layout.next_token_valid(seg, s)
+        nll_mix = nll_mix + masked_mean(-mix_lp, valid_s) / M
+        reward = reward + jnp.where(valid_s, mix_lp - layout.shift_left(base_lp, s), 0.0)
+        w_sum = w_sum + masked_mean(w[..., 0], valid_s) / M
+    reward = jax.lax.stop_gradient(reward)
+    r_valid = layout.reward_valid(qs, seg)
+    adv = advantages(qs, jnp.where(r_valid, reward, 0.0))
+
+    T = qs.num_thought_tokens
+    if T > 0:
+        # Thought token j (stream j + 2) was sampled from the logits of stream j + 1.
+        pol_logits = mask_thought_logits(lm_logits(params, cfg, hidden[:, 1:T + 1]), qs)  # (R, T, L, V)
+        pg = policy_loss(jnp.moveaxis(pol_logits, 1, 2), thoughts, adv, qs.policy_temperature, r_valid)
+    else:
+        pg = jnp.float32(0.0)
+    nll = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix
+    loss = nll + qs.policy_weight * pg
+    metrics = {
+        "loss": loss, "nll_base": nll_base, "nll_mix": nll_mix, "policy_loss": pg,
+        "reward_mean": masked_mean(reward, r_valid),
+        "reward_std": jnp.sqrt(masked_mean((reward - masked_mean(reward, r_valid)) ** 2, r_valid)),
+        "advantage_pos_frac": masked_mean((adv > 0).astype(jnp.float32), r_valid),
+        "mixing_weight": w_sum, "thought_entropy": entropy,
+    }
+    return loss, metrics

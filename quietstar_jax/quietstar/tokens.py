@@ -1,0 +1,60 @@
+"""Thought tokens: <|startofthought|> / <|endofthought|> in the tokenizer and as trainable embeddings.
+
+The two embeddings live outside the vocabulary table, in params["quietstar"]["thought_embeddings"]
+(2, H), stored divided by `embedding_scale` and multiplied back when used: with Adam this gives them an
+`embedding_scale` times larger effective learning rate (the reference's trick). The ids themselves come
+from the tokenizer; when they fall inside the vocab (a padded embedding table) their logits are masked
+so they are never sampled or predicted.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.transformer import embed
+from quietstar_jax.quietstar.config import QuietStarConfig
+
+START_TOKEN = "<|startofthought|>"
+END_TOKEN = "<|endofthought|>"
+INIT_TEXT = "---"
+
+
+def add_thought_tokens(tokenizer) -> tuple[int, int, list[int]]:
+    """Adds the two special tokens to an HF tokenizer (idempotent).
+
+    Returns (start_id, end_id, ids of "---" used to initialise both embeddings)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [START_TOKEN, END_TOKEN]},
+                                 replace_extra_special_tokens=False)
+    start, end = tokenizer.convert_tokens_to_ids([START_TOKEN, END_TOKEN])
+    init = tokenizer(INIT_TEXT, add_special_tokens=False)["input_ids"]
+    if not init:
+        raise ValueError(f"tokenizer maps {INIT_TEXT!r} to no tokens")
+    return int(start), int(end), [int(i) for i in init]
+
+
+def init_thought_embeddings(params: dict, qs: QuietStarConfig, init_ids) -> jax.Array:
+    """(2, H) float32: mean embedding of `init_ids` for both start and end, stored / scale."""
+    table = params["model"]["embed_tokens"]["weight"]
+    mean = jnp.mean(jnp.take(jnp.asarray(table, jnp.float32), jnp.asarray(init_ids), axis=0), axis=0)
+    return jnp.stack([mean, mean]) / qs.embedding_scale
+
+
+def embed_with_thoughts(params: dict, cfg: ModelConfig, qs: QuietStarConfig, tokens: jax.Array) -> jax.Array:
+    """tokens (...) -> (..., H): vocabulary embeddings, with start/end ids replaced by the trainable
+    thought embeddings (times embedding_scale). Ids outside the table are only ever thought ids."""
+    x = embed(params, cfg, jnp.clip(tokens, 0, cfg.vocab_size - 1))
+    te = (params["quietstar"]["thought_embeddings"] * qs.embedding_scale).astype(x.dtype)
+    x = jnp.where((tokens == qs.start_id)[..., None], te[0], x)
+    return jnp.where((tokens == qs.end_id)[..., None], te[1], x)
+
+
+def mask_thought_logits(logits: jax.Array, qs: QuietStarConfig) -> jax.Array:
+    """Sets the logits of the start/end ids to -inf where they are inside the vocabulary."""
+    V = logits.shape[-1]
+    ids = np.array([i for i in (qs.start_id, qs.end_id) if 0 <= i < V], np.int32)
+    if ids.size == 0:
+        return logits
+    return logits.at[..., ids].set(-jnp.inf)

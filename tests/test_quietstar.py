@@ -1,0 +1,258 @@
+"""Quiet-STaR core against independent references (dense masks, per-position loops, analytic grads)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quietstar_jax.model import ModelConfig, init_params
+from quietstar_jax.model.attention import StreamMask, stream_attention
+from quietstar_jax.model.transformer import forward, lm_logits
+from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, quietstar_loss, sample_thoughts
+from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.objective import advantages, policy_loss
+from quietstar_jax.quietstar.sampling import gumbel_noise
+from quietstar_jax.quietstar.tokens import embed_with_thoughts
+
+import reference_quietstar as ref
+
+V = 97
+CFG = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5)
+QS = QuietStarConfig(n_ahead=6, n_ahead_talk=3, n_passes=2, start_id=V, end_id=V + 1)
+
+
+def make_params(cfg=CFG, qs=QS, seed=0, live_head=True):
+    p = init_params(cfg, jax.random.key(seed))
+    p["quietstar"] = init_quietstar_params(p, cfg, qs, jax.random.key(seed + 1), [3, 4])
+    if live_head:  # a non-zero last layer, so w != 0 and rewards/advantages are non-trivial
+        last = p["quietstar"]["talk_head"]["4"]
+        last["weight"] = 0.3 * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
+        last["bias"] = jnp.full_like(last["bias"], 0.2)
+    return p
+
+
+def make_batch(B=2, L=10, pad_from=None, seed=0):
+    toks = np.random.RandomState(seed).randint(0, V, (B, L))
+    seg = np.ones((B, L), np.int32)
+    if pad_from is not None:
+        seg[-1, pad_from:] = 0
+    pos = np.broadcast_to(np.arange(L), (B, L))
+    return {"tokens": jnp.asarray(toks, jnp.int32), "positions": jnp.asarray(pos, jnp.int32),
+            "segment_ids": jnp.asarray(seg)}
+
+
+# ----------------------------------------------------------------------------- stream attention
+
+
+@pytest.mark.parametrize("window", [1 << 30, 3])
+def test_stream_attention_equals_dense_values_and_grads(window):
+    B, K, L, Hq, Hkv, D = 2, 5, 7, 4, 2, 8
+    ks = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(ks[0], (B, K, L, Hq, D))
+    k = jax.random.normal(ks[1], (B, K, L, Hkv, D))
+    v = jax.random.normal(ks[2], (B, K, L, Hkv, D))
+    ct = jax.random.normal(ks[3], (B, K, L, Hq, D))
+    seg = jnp.asarray([[1] * 7, [1, 1, 1, 2, 2, 2, 0]], jnp.int32)  # packing and padding
+    mask = StreamMask.streams(seg, K)
+    dense_mask = jnp.asarray(ref.dense_stream_mask(seg, K, window))
+
+    def ours(q, k, v):
+        o = stream_attention(q, k[:, 0], v[:, 0], k[:, 1:], v[:, 1:], mask, window, D ** -0.5)
+        return jnp.sum(o * ct), o
+
+    def dense(q, k, v):
+        flat = lambda a: a.reshape(B, K * L, *a.shape[3:])  # noqa: E731
+        o = ref.dense_attention(flat(q), flat(k), flat(v), dense_mask, D ** -0.5).reshape(q.shape)
+        return jnp.sum(o * ct), o
+
+    (_, o1), g1 = jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, o2), g2 = jax.value_and_grad(dense, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    np.testing.assert_allclose(o1, o2, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_model_on_streams_equals_dense_transformer():
+    params = make_params()
+    batch = make_batch(pad_from=7)
+    thoughts = jax.random.randint(jax.random.key(5), (2, 10, QS.num_thought_tokens), 0, V)
+    streams = layout.stream_tokens(QS, batch["tokens"], thoughts)
+    K = QS.num_streams
+    h = forward(params, CFG, embed_with_thoughts(params, CFG, QS, streams),
+                layout.stream_positions(QS, batch["positions"]), StreamMask.streams(batch["segment_ids"], K))
+    flat = streams.reshape(2, -1)
+    pos = layout.stream_positions(QS, batch["positions"]).reshape(2, -1)
+    h_ref = ref.dense_forward(params, CFG, ref.embed_ref(params, QS, flat), pos,
+                              jnp.asarray(ref.dense_stream_mask(batch["segment_ids"], K))).reshape(h.shape)
+    np.testing.assert_allclose(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("top_k", [0, 5])
+def test_parallel_sampling_equals_naive_per_position_loop(top_k):
+    qs = QS.replace(top_k=top_k, n_ahead=5)
+    params = make_params(qs=qs)
+    batch = make_batch(B=2, L=5)
+    key = jax.random.key(7)
+    thoughts, _, raws = sample_thoughts(params, CFG, qs, batch["tokens"], batch["positions"],
+                                        batch["segment_ids"], key, return_logits=True)
+    naive, naive_raws = ref.naive_thoughts(params, CFG, qs, batch["tokens"], batch["positions"], key, gumbel_noise)
+    np.testing.assert_allclose(raws, naive_raws, atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(thoughts, naive)
+    assert len(np.unique(np.asarray(thoughts))) > 3  # really sampled, not a constant
+
+
+def test_sampling_never_emits_thought_ids_inside_vocab():
+    qs = QS.replace(start_id=5, end_id=6, n_ahead=8)
+    params = make_params(qs=qs)
+    # Make ids 5 and 6 overwhelmingly likely: they must still never be sampled.
+    params["lm_head"]["weight"] = params["lm_head"]["weight"].at[5:7].mul(200.0)
+    b = make_batch()
+    th, _ = sample_thoughts(params, CFG, qs, b["tokens"], b["positions"], b["segment_ids"], jax.random.key(0))
+    assert not np.isin(np.asarray(th), [5, 6]).any()
+
+
+def test_cached_sampling_logits_equal_training_forward_logits():
+    """The KV-cached sampler and the teacher-forced training pass give the same log-probs."""
+    params = make_params()
+    b = make_batch(pad_from=8)
+    th, _, raws = sample_thoughts(params, CFG, QS, b["tokens"], b["positions"], b["segment_ids"],
+                                  jax.random.key(3), return_logits=True)
+    streams = layout.stream_tokens(QS, b["tokens"], th)
+    h = forward(params, CFG, embed_with_thoughts(params, CFG, QS, streams),
+                layout.stream_positions(QS, b["positions"]), StreamMask.streams(b["segment_ids"], QS.num_streams))
+    T = QS.num_thought_tokens
+    train = jnp.moveaxis(lm_logits(params, CFG, h[:, 1:T + 1]), 1, 2)
+    np.testing.assert_allclose(jax.nn.log_softmax(train), jax.nn.log_softmax(raws), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+# policy_weight 1 (the 1e6 default would amplify float32 rounding of rewards, not test anything).
+@pytest.mark.parametrize("qs", [QS.replace(policy_weight=1.0),
+                                pytest.param(QS.replace(clamp_advantage=False, mixer_bounded=True, policy_weight=3.0),
+                                             marks=pytest.mark.slow),
+                                pytest.param(QS.replace(mixer="logit", drop_last_reward_position=False,
+                                                        policy_weight=1.0), marks=pytest.mark.slow)])
+def test_loss_and_grads_equal_dense_reference(qs):
+    params = make_params(qs=qs)
+    qs = qs.replace(n_ahead=5)
+    batch = make_batch(L=7, pad_from=5)
+    thoughts = jax.random.randint(jax.random.key(9), (4, 7, qs.num_thought_tokens), 0, V)
+    f = lambda p: quietstar_loss(p, CFG, qs, batch, None, thoughts=thoughts)[0]  # noqa: E731
+    g = lambda p: ref.reference_loss(p, CFG, qs, batch, thoughts)  # noqa: E731
+    l1, g1 = jax.value_and_grad(f)(params)
+    l2, g2 = jax.value_and_grad(g)(params)
+    assert abs(float(l1) - float(l2)) <= 1e-5 * max(1.0, abs(float(l2)))
+    flat1, flat2 = jax.tree.leaves_with_path(g1), dict(jax.tree.leaves_with_path(g2))
+    for path, a in flat1:
+        b = flat2[path]
+        scale = max(float(jnp.abs(b).max()), 1e-3)
+        np.testing.assert_allclose(a / scale, b / scale, atol=2e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_policy_gradient_reaches_lm_and_thought_embedding_but_not_mixing_head():
+    params = make_params()
+    batch = make_batch()
+    thoughts = jax.random.randint(jax.random.key(1), (4, 10, QS.num_thought_tokens), 0, V)
+    only_pg = QS.replace(base_loss_weight=0.0, mix_loss_weight=0.0, policy_weight=1.0)
+    g = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, batch, None, thoughts=thoughts)[0])(params)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g["quietstar"]["talk_head"]))
+    assert float(jnp.abs(g["quietstar"]["thought_embeddings"][0]).max()) > 0  # start embedding
+    assert float(jnp.abs(g["model"]["layers"]["self_attn"]["k_proj"]["weight"]).max()) > 0
+
+
+def test_reinforce_gradient_on_toy_categorical_matches_analytic():
+    """d/dθ of -A log softmax(θ/τ)[a] = -A (onehot(a) - softmax(θ/τ)) / τ, summed over samples."""
+    tau = 3.0
+    theta = jax.random.normal(jax.random.key(0), (11,))
+    acts = jnp.asarray([[[1, 4]], [[7, 7]], [[0, 2]]])  # (R=3, L=1, T=2)
+    adv = jnp.asarray([[0.5], [1.5], [-0.25]])
+    valid = jnp.ones((3, 1), bool)
+    logits = jnp.broadcast_to(theta, (3, 1, 2, 11))
+    grad = jax.grad(lambda t: policy_loss(jnp.broadcast_to(t, (3, 1, 2, 11)), acts, adv, tau, valid))(theta)
+    probs = np.asarray(jax.nn.softmax(theta / tau))
+    analytic = np.zeros(11)
+    for r in range(3):
+        for a in np.asarray(acts)[r, 0]:
+            analytic += -float(adv[r, 0]) * (np.eye(11)[a] - probs) / tau
+    analytic /= 3  # mean over the 3 valid positions
+    np.testing.assert_allclose(grad, analytic, atol=1e-6)
+    assert logits.shape == (3, 1, 2, 11)
+
+
+def test_clamped_advantage_with_two_passes_is_half_the_gap():
+    qs = QS.replace(n_passes=2)
+    r = jnp.asarray([[1.0, -2.0], [3.0, 0.5]])  # rows 0,1 are the two thoughts of one example
+    a = advantages(qs, r)
+    np.testing.assert_allclose(a, [[0.0, 0.0], [1.0, 1.25]])  # |R1 - R2| / 2 for the better one
+
+
+def test_padding_and_tail_positions_are_masked():
+    params = make_params()
+    b = make_batch(L=10, pad_from=6)
+    th = jax.random.randint(jax.random.key(2), (4, 10, QS.num_thought_tokens), 0, V)
+    loss = lambda bb, tt: quietstar_loss(params, CFG, QS, bb, None, thoughts=tt)  # noqa: E731
+    l0, m0 = loss(b, th)
+    # Change padded tokens and the thoughts at padded positions: nothing may change.
+    b2 = dict(b, tokens=b["tokens"].at[-1, 6:].set(1))
+    th2 = th.at[-2:, 6:].set(0)
+    l1, m1 = loss(b2, th2)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    # Rewarded positions: all M targets in-segment, and the reference's extra last position dropped.
+    valid = np.asarray(layout.reward_valid(QS, b["segment_ids"]))
+    M = QS.n_ahead_talk
+    assert valid[0].tolist() == [p <= 10 - 2 - M for p in range(10)]
+    assert valid[1].tolist() == [p <= 6 - 2 - M for p in range(10)]
+    # The thoughts at non-rewarded positions get no policy gradient.
+    only_pg = QS.replace(base_loss_weight=0.0, mix_loss_weight=0.0, policy_weight=1.0)
+    g = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, b, None, thoughts=th)[0])(params)
+    g2 = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, b, None, thoughts=th.at[:, 6:].set(0))[0])(params)
+    for a, c in zip(jax.tree.leaves(g), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, c, atol=1e-7)
+
+
+def test_reward_is_exactly_zero_at_init():
+    params = make_params(live_head=False)
+    _, m = quietstar_loss(params, CFG, QS, make_batch(), jax.random.key(0))
+    assert float(m["reward_mean"]) == 0.0 and float(m["reward_std"]) == 0.0
+    assert float(m["mixing_weight"]) == 0.0
+    assert 0 < float(m["thought_entropy"]) <= np.log(V) + 1e-4
+
+
+def test_bf16_compute_agrees_with_fp32():
+    params = make_params()
+    b = make_batch()
+    th = jax.random.randint(jax.random.key(4), (4, 10, QS.num_thought_tokens), 0, V)
+    _, m32 = quietstar_loss(params, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th)
+    _, m16 = quietstar_loss(params, CFG.replace(dtype="bfloat16"), QS.replace(policy_weight=1.0), b, None,
+                            thoughts=th)
+    # Stated tolerance: bf16 activations (8-bit mantissa) move per-token log-probs by ~1e-2 on this
+    # model; averaged NLLs agree to 2e-2 absolute.
+    for k in ("nll_base", "nll_mix"):
+        assert abs(float(m32[k]) - float(m16[k])) < 2e-2, k
+
+
+def test_baseline_config_is_plain_lm():
+    params = make_params()
+    b = make_batch()
+    off = QuietStarConfig(n_ahead=1, n_ahead_talk=1, n_passes=1)
+    loss, m = quietstar_loss(params, CFG, off, b, jax.random.key(0))
+    logits = lm_logits(params, CFG, forward(params, CFG, embed_with_thoughts(params, CFG, QS, b["tokens"])[:, None],
+                                            b["positions"][:, None], StreamMask.causal(b["segment_ids"]))[:, 0])
+    lp = jax.nn.log_softmax(logits)[:, :-1]
+    nll = -np.mean(np.take_along_axis(np.asarray(lp), np.asarray(b["tokens"])[:, 1:, None], -1))
+    np.testing.assert_allclose(loss, nll, rtol=1e-5)
+
+
+def test_bad_quietstar_config():
+    from quietstar_jax.model import ConfigError
+
+    with pytest.raises(ConfigError, match="n_ahead must be >= 3"):
+        QuietStarConfig(n_ahead=2)
+    with pytest.raises(ConfigError, match="mixer"):
+        QuietStarConfig(mixer="attention")
