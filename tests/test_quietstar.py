@@ -256,3 +256,14 @@ def test_bad_quietstar_config():
         QuietStarConfig(n_ahead=2)
     with pytest.raises(ConfigError, match="mixer"):
         QuietStarConfig(mixer="attention")
+
+
+def test_dense_attention_impl_matches_stream_impl():
+    """The benchmark's dense-mask variant computes the same function."""
+    params = make_params()
+    b = make_batch(pad_from=7)
+    th = jax.random.randint(jax.random.key(4), (4, 10, QS.num_thought_tokens), 0, V)
+    l1, _ = quietstar_loss(params, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th)
+    l2, _ = quietstar_loss(params, CFG.replace(attention_impl="dense"), QS.replace(policy_weight=1.0), b, None,
+                           thoughts=th)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)

@@ -95,3 +95,25 @@ def stream_attention(q, k_base, v_base, k_diag, v_diag, mask: StreamMask, window
     out = jnp.einsum("bkhglm,bmhd->bklhgd", p_base, v_base)
     out = out + jnp.einsum("bkhglj,bjlhd->bklhgd", p_diag, v_diag)
     return out.reshape(B, Kq, L, Hq, D)
+
+
+def dense_stream_attention(q, k_base, v_base, k_diag, v_diag, mask: StreamMask, window, scale: float):
+    """The reference's formulation of the same attention: every stream flattened into one sequence of
+    L + Kd*L keys with an explicit (Kq*L) x (L + Kd*L) mask. O(K^2 L^2); kept selectable
+    (ModelConfig.attention_impl = "dense") for benchmarks only. Same signature as stream_attention.
+    """
+    B, Kq, L, Hq, D = q.shape
+    Kd, Hkv = k_diag.shape[1], k_base.shape[2]
+    G = Hq // Hkv
+    keys = jnp.concatenate([k_base, k_diag.reshape(B, Kd * L, Hkv, D)], axis=1)
+    vals = jnp.concatenate([v_base, v_diag.reshape(B, Kd * L, Hkv, D)], axis=1)
+    base = jnp.broadcast_to(mask.base_visible(window)[:, None], (B, Kq, L, L))
+    same_pos = jnp.eye(L, dtype=bool)[:, None, :]  # (L, 1, L)
+    diag = mask.diag_visible()[:, None, :, None] & same_pos[None]  # (Kq, L, Kd, L)
+    full = jnp.concatenate([base, jnp.broadcast_to(diag.reshape(1, Kq, L, Kd * L), (B, Kq, L, Kd * L))], -1)
+    full = full.reshape(B, 1, 1, Kq * L, L + Kd * L)
+    qg = q.reshape(B, Kq * L, Hkv, G, D)
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, keys, preferred_element_type=jnp.float32) * scale
+    probs = jax.nn.softmax(jnp.where(full, s, MASK_VALUE), axis=-1).astype(q.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, vals)
+    return out.reshape(B, Kq, L, Hq, D)

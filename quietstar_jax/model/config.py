@@ -51,6 +51,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat_policy: str = "none"
     scan_layers: bool = True
+    attention_impl: str = "stream"  # "dense": the reference's L x KL mask formulation (benchmarks)
 
     def __post_init__(self):
         if not self.layer_windows:
@@ -77,6 +78,8 @@ class ModelConfig:
         need(all(int(w) > 0 for w in self.layer_windows), "sliding windows must be positive")
         need(self.remat_policy in REMAT_POLICIES,
              f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
+        need(self.attention_impl in ("stream", "dense"),
+             f"attention_impl {self.attention_impl!r} not in ('stream', 'dense')")
         need(self.dtype in ("float32", "bfloat16", "float16"), f"dtype {self.dtype!r} unsupported")
         need(self.param_dtype in ("float32", "bfloat16"), f"param_dtype {self.param_dtype!r} unsupported")
         rope = dict(self.rope_scaling)

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from quietstar_jax.model.attention import StreamMask, stream_attention
+from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.rope import apply_rope, rope_cos_sin
 
@@ -97,7 +97,8 @@ def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_la
         kd = jax.lax.dynamic_update_slice_in_dim(kd, k.astype(kd.dtype), slot, axis=1)
         vd = jax.lax.dynamic_update_slice_in_dim(vd, v.astype(vd.dtype), slot, axis=1)
         out_state = (kb, vb, kd, vd)
-    o = stream_attention(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype),
+    attend = dense_stream_attention if cfg.attention_impl == "dense" else stream_attention
+    o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype),
                          vd.astype(q.dtype), mask, window, D ** -0.5)
     x = x + _linear(o.reshape(B, Kq, L, -1), attn["o_proj"])
     h = rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)

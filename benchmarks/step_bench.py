@@ -1,0 +1,112 @@
+"""Train-step benchmark: Quiet-STaR (stream attention) vs a dense-mask variant vs the plain-LM floor.
+
+    python benchmarks/step_bench.py            # the reference's CPU config + L/N scaling rows
+    python benchmarks/step_bench.py --quick    # only the L=64 rows
+
+Each row runs in its own process (so peak RSS is that row's), jits loss + grad + AdamW update, and
+reports mean step time over timed steps after one warm-up, peak RSS, XLA's FLOP count of the step and
+FLOP utilisation against this machine's measured float32 matmul peak.
+Model: hidden 256, 4 layers, vocab 32000 (the authors' CPU toy config); batch 2, P thoughts each.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROWS = [  # name, L, N, M, P, attention
+    ("plain LM (floor)", 64, 1, 1, 1, "stream"),
+    ("quietstar stream", 64, 8, 4, 2, "stream"),
+    ("quietstar dense mask", 64, 8, 4, 2, "dense"),
+    ("quietstar stream", 256, 8, 4, 2, "stream"),
+    ("quietstar dense mask", 256, 8, 4, 2, "dense"),
+    ("quietstar stream N=16", 256, 16, 4, 2, "stream"),
+    ("quietstar stream", 1024, 8, 4, 2, "stream"),
+]
+
+
+def matmul_peak_gflops():
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(5):
+        f(a).block_until_ready()
+    return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
+
+
+def run_row(L, N, M, P, attention, steps):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from quietstar_jax.model import ModelConfig, init_params
+    from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, quietstar_loss
+
+    V = 32000
+    cfg = ModelConfig(vocab_size=V, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, head_dim=64, attention_impl=attention,
+                      remat_policy="dots" if L >= 1024 else "none")
+    qs = QuietStarConfig(n_ahead=N, n_ahead_talk=M, n_passes=P, start_id=V, end_id=V + 1)
+    params = init_params(cfg, jax.random.key(0))
+    params["quietstar"] = init_quietstar_params(params, cfg, qs, jax.random.key(1), [100])
+    tx = optax.adamw(1e-6, weight_decay=1e-3)
+    opt = tx.init(params)
+    B = 2
+    batch = {"tokens": jax.random.randint(jax.random.key(2), (B, L), 0, V),
+             "positions": jnp.broadcast_to(jnp.arange(L), (B, L)), "segment_ids": jnp.ones((B, L), jnp.int32)}
+
+    def step(params, opt, batch, key):
+        (loss, m), g = jax.value_and_grad(lambda p: quietstar_loss(p, cfg, qs, batch, key), has_aux=True)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    jstep = jax.jit(step, donate_argnums=(0, 1))
+    compiled = jstep.lower(params, opt, batch, jax.random.key(3)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    params, opt, loss = compiled(params, opt, batch, jax.random.key(3))
+    loss.block_until_ready()
+    t = time.perf_counter()
+    for i in range(steps):
+        params, opt, loss = compiled(params, opt, batch, jax.random.key(4 + i))
+    loss.block_until_ready()
+    dt = (time.perf_counter() - t) / steps
+    return {"step_s": dt, "flops": float(cost.get("flops", 0.0)),
+            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--row":
+        L, N, M, P, attention, steps = json.loads(sys.argv[2])
+        print(json.dumps(run_row(L, N, M, P, attention, steps)))
+        return
+    rows = ROWS[:3] if "--quick" in sys.argv else ROWS
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    peak = float(subprocess.run([sys.executable, "-c", "import step_bench as b; print(b.matmul_peak_gflops())"],
+                                cwd=os.path.dirname(os.path.abspath(__file__)), env=env, capture_output=True,
+                                text=True, check=True).stdout.strip().splitlines()[-1])
+    print(f"measured float32 matmul peak: {peak:.1f} GFLOP/s (2048^3 matmul, jit, this machine)")
+    print(f"{'row':24s} {'L':>5s} {'N':>3s} {'M':>2s} {'P':>2s} {'step s':>8s} {'peak RSS GB':>11s} "
+          f"{'GFLOP/step':>10s} {'util %':>7s}")
+    for name, L, N, M, P, attention in rows:
+        steps = 5 if L <= 256 else 2
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--row",
+                              json.dumps([L, N, M, P, attention, steps])], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name:24s} {L:5d} {N:3d} {M:2d} {P:2d}  FAILED: {out.stderr.strip().splitlines()[-1][:80]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        util = 100 * r["flops"] / r["step_s"] / 1e9 / peak
+        print(f"{name:24s} {L:5d} {N:3d} {M:2d} {P:2d} {r['step_s']:8.3f} {r['rss_gb']:11.2f} "
+              f"{r['flops'] / 1e9:10.1f} {util:7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
