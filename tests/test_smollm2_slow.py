@@ -54,3 +54,18 @@ def test_smollm2_logits_perplexity_and_round_trip(tmp_path):
 
     a, b = load_file(os.path.join(folder, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
     assert sorted(a) == sorted(b) and all(a[n].tobytes() == b[n].tobytes() for n in a)
+
+
+def test_thought_tokens_on_real_tokenizer():
+    import transformers
+
+    from quietstar_jax.hf.smollm2 import materialize_smollm2
+    from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN, add_thought_tokens
+
+    tok = transformers.AutoTokenizer.from_pretrained(materialize_smollm2())
+    first = add_thought_tokens(tok)
+    assert first == add_thought_tokens(tok)  # idempotent
+    start, end, init = first
+    assert (start, end) == (49152, 49153) and len(tok) == 49154
+    assert init == tok("---", add_special_tokens=False)["input_ids"] and len(init) >= 1
+    assert tok.convert_ids_to_tokens([start, end]) == [START_TOKEN, END_TOKEN]
