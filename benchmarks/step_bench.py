@@ -2,6 +2,7 @@
 
     python benchmarks/step_bench.py            # the reference's CPU config + L/N scaling rows
     python benchmarks/step_bench.py --quick    # only the L=64 rows
+    python benchmarks/step_bench.py --max-len=256
 
 Each row runs in its own process (so peak RSS is that row's), jits loss + grad + AdamW update, and
 reports mean step time over timed steps after one warm-up, peak RSS, XLA's FLOP count of the step and
@@ -87,6 +88,9 @@ def main():
         print(json.dumps(run_row(L, N, M, P, attention, steps)))
         return
     rows = ROWS[:3] if "--quick" in sys.argv else ROWS
+    max_len = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--max-len=")]
+    if max_len:
+        rows = [r for r in rows if r[1] <= max_len[0]]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     peak = float(subprocess.run([sys.executable, "-c", "import step_bench as b; print(b.matmul_peak_gflops())"],
@@ -96,7 +100,7 @@ def main():
     print(f"{'row':24s} {'L':>5s} {'N':>3s} {'M':>2s} {'P':>2s} {'step s':>8s} {'peak RSS GB':>11s} "
           f"{'GFLOP/step':>10s} {'util %':>7s}")
     for name, L, N, M, P, attention in rows:
-        steps = 5 if L <= 256 else 2
+        steps = 5 if L <= 64 else 2
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--row",
                               json.dumps([L, N, M, P, attention, steps])], env=env, capture_output=True, text=True)
         if out.returncode != 0:

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.params import _full_spec
+from quietstar_jax.model.params import _full_spec, _unflatten
 
 # Tensors some checkpoints carry that hold no parameters (buffers recomputed from the config).
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
@@ -83,13 +83,7 @@ def hf_to_params(cfg: ModelConfig, get: Callable[[str], np.ndarray], dtype=np.fl
         else:
             arr = np.asarray(get(".".join(path))).astype(dtype)
         flat[path] = place(path, arr) if place else arr
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
+    return _unflatten(flat)
 
 
 def params_to_hf(cfg: ModelConfig, params: dict, dtype) -> Iterable[tuple[str, np.ndarray]]:
