@@ -2,10 +2,17 @@
 
     python -m quietstar_jax.convert hf_to_jax --src=/path/hf_model --dst=/path/params_ckpt
     python -m quietstar_jax.convert jax_to_hf --src=/path/params_ckpt --dst=/path/hf_out --dtype=bfloat16
+    python -m quietstar_jax.convert jax_to_hf --quietstar --src=/path/params_ckpt --dst=/path/hf_out
+    python -m quietstar_jax.convert hf_to_jax --quietstar --src=/path/hf_out --dst=/path/params_ckpt
 
 hf_to_jax reads config.json + safetensors (sharded or single) and writes an orbax params checkpoint;
 jax_to_hf writes sharded safetensors + index + config.json that stock transformers loads. Tokenizer files
 found next to the source are copied along.
+
+--quietstar: the params checkpoint also holds params["quietstar"] (thought embeddings + mixing head) and
+its config.json a "quietstar" section (QuietStarConfig fields incl. start_id/end_id). jax_to_hf then writes
+the export of quietstar_jax.hf.quietstar_export (thought rows in the vocab, quietstar.safetensors sidecar,
+quietstar_config.json, tokenizer with the thought tokens); hf_to_jax reads such an export back.
 """
 
 from __future__ import annotations
@@ -26,14 +33,21 @@ flags.DEFINE_string("src", None, "source folder")
 flags.DEFINE_string("dst", None, "destination folder")
 flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16", "float16"], "export dtype (jax_to_hf)")
 flags.DEFINE_integer("max_shard_mb", 5000, "safetensors shard size in MB (jax_to_hf)")
+flags.DEFINE_bool("quietstar", False, "include the thought embeddings + mixing head (see module docstring)")
 
 
 def tokenizer_files(folder: str) -> dict[str, str]:
     return {n: os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.exists(os.path.join(folder, n))}
 
 
-def hf_to_jax(src: str, dst: str) -> str:
-    _, params, raw = load_hf_folder(src)
+def hf_to_jax(src: str, dst: str, quietstar: bool = False) -> str:
+    if quietstar:
+        from quietstar_jax.hf.quietstar_export import load_quietstar_hf, quietstar_config_to_dict
+
+        _, params, qs, raw = load_quietstar_hf(src)
+        raw["quietstar"] = quietstar_config_to_dict(qs)
+    else:
+        _, params, raw = load_hf_folder(src)
     save_params(dst, params, raw)
     for name, path in tokenizer_files(src).items():
         with open(path, "rb") as fi, open(os.path.join(os.path.abspath(dst), name), "wb") as fo:
@@ -41,10 +55,32 @@ def hf_to_jax(src: str, dst: str) -> str:
     return dst
 
 
-def jax_to_hf(src: str, dst: str, dtype: str = "bfloat16", max_shard_mb: int = 5000) -> str:
+def jax_to_hf(src: str, dst: str, dtype: str = "bfloat16", max_shard_mb: int = 5000,
+              quietstar: bool = False) -> str:
     cfg, params, raw = load_params(src)
+    if quietstar:
+        return _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw)
     return save_hf_folder(dst, cfg, params, dtype=dtype, max_shard_bytes=max_shard_mb * 2**20,
                           base_config=raw, extra_files=tokenizer_files(os.path.abspath(src)))
+
+
+def _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw) -> str:
+    from quietstar_jax.hf.quietstar_export import quietstar_config_from_dict, save_quietstar_hf
+
+    src = os.path.abspath(src)
+    if "quietstar" not in raw:
+        raise ValueError(f"{src}/config.json has no 'quietstar' section (QuietStarConfig fields incl. start_id, "
+                         "end_id): not a Quiet-STaR checkpoint; drop --quietstar to export the backbone only")
+    qs = quietstar_config_from_dict(raw["quietstar"], f"{src}/config.json 'quietstar'")
+    files = tokenizer_files(src)
+    tokenizer = None
+    if "tokenizer.json" in files or "tokenizer.model" in files:
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src)
+    base = {k: v for k, v in raw.items() if k != "quietstar"}
+    return save_quietstar_hf(dst, cfg, params, qs, tokenizer=tokenizer, dtype=dtype, base_config=base,
+                             max_shard_bytes=max_shard_mb * 2**20, extra_files=files)
 
 
 def main(argv):
@@ -53,9 +89,9 @@ def main(argv):
     if not FLAGS.src or not FLAGS.dst:
         sys.exit("--src and --dst are required")
     if argv[1] == "hf_to_jax":
-        out = hf_to_jax(FLAGS.src, FLAGS.dst)
+        out = hf_to_jax(FLAGS.src, FLAGS.dst, quietstar=FLAGS.quietstar)
     else:
-        out = jax_to_hf(FLAGS.src, FLAGS.dst, FLAGS.dtype, FLAGS.max_shard_mb)
+        out = jax_to_hf(FLAGS.src, FLAGS.dst, FLAGS.dtype, FLAGS.max_shard_mb, quietstar=FLAGS.quietstar)
     print(f"wrote {out}")
 
 
