@@ -1,0 +1,78 @@
+"""Logical axis names -> mesh axes.
+
+Every parameter carries logical names per dimension (quietstar_jax.model.params.param_axes); the rules
+map each name to mesh axes. A dimension whose size is not divisible by its mesh axes is replicated
+instead (e.g. 2 KV heads on a tensor axis of 4), so any mesh is valid for any model, at some memory cost.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# logical name -> mesh axis (or tuple of axes, or None = replicated)
+DEFAULT_RULES = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "embed2": None,
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "layers": None,
+    "norm": None,
+}
+
+
+def _axis_size(mesh: Mesh, axes) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    n = 1
+    for a in axes:
+        n *= mesh.shape[a]
+    return n
+
+
+def logical_to_spec(names: tuple, shape: tuple, mesh: Mesh, rules: dict = DEFAULT_RULES) -> P:
+    """Logical names of one array -> PartitionSpec, dropping non-divisible or already-used mesh axes."""
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {names} do not match shape {shape}")
+    used: set = set()
+    out = []
+    for name, size in zip(names, shape):
+        if name not in rules:
+            raise ValueError(f"no sharding rule for logical axis {name!r}")
+        axes = rules[name]
+        flat = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        flat = tuple(a for a in flat if a not in used and mesh.shape[a] > 1)
+        if not flat or size % _axis_size(mesh, flat):
+            out.append(None)
+            continue
+        used.update(flat)
+        out.append(flat[0] if len(flat) == 1 else flat)
+    return P(*out)
+
+
+def _is_axes(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
+
+
+def tree_specs(axes_tree, shapes_tree, mesh: Mesh, rules: dict = DEFAULT_RULES):
+    """Same-structured trees of logical-axis tuples and arrays/ShapeDtypeStructs -> PartitionSpecs."""
+    return jax.tree.map(lambda names, s: logical_to_spec(names, tuple(s.shape), mesh, rules),
+                        axes_tree, shapes_tree, is_leaf=_is_axes)
+
+
+def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: dict = DEFAULT_RULES):
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(axes_tree, shapes_tree, mesh, rules),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict = DEFAULT_RULES) -> NamedSharding:
+    """(B, L, ...) arrays split over the batch axes."""
+    axes = rules["batch"]
+    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if mesh.shape[a] > 1)
+    first = None if not axes else (axes[0] if len(axes) == 1 else axes)
+    return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))

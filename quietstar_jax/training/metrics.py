@@ -1,0 +1,112 @@
+"""Logging: console progress line, TensorBoard events (process 0), FLOP utilisation."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+# bf16 dense peak FLOP/s per chip (what MaxText's MFU uses); "TPU v4" counts a megacore chip.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12,
+              "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+
+def measured_cpu_peak(n: int = 1024) -> float:
+    """float32 matmul FLOP/s of this host, split over the local (simulated) devices."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(3):
+        f(a).block_until_ready()
+    return 3 * 2 * n ** 3 / (time.perf_counter() - t) / max(1, jax.local_device_count())
+
+
+def peak_flops_per_device(configured: float = 0.0) -> float:
+    if configured:
+        return float(configured)
+    kind = jax.devices()[0].device_kind
+    for name, v in PEAK_FLOPS.items():
+        if kind.startswith(name) and (name != "TPU v5" or kind in ("TPU v5", "TPU v5p")):
+            return v
+    return measured_cpu_peak()
+
+
+def step_flops(compiled) -> float:
+    """XLA's FLOP count of one compiled step, per device (the partitioned SPMD program)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends have no cost model
+        return float("nan")
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
+class Logger:
+    def __init__(self, workdir: str, total_steps: int, tokens_per_step: int, flops_per_device: float,
+                 peak_per_device: float):
+        self.total, self.tokens_per_step = total_steps, tokens_per_step
+        self.flops, self.peak = flops_per_device, peak_per_device
+        self.writer = None
+        if jax.process_index() == 0 and not workdir.startswith("gs://"):
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.t_last, self.step_last = None, None
+        self.t_start = None
+
+    def log(self, step: int, metrics: dict) -> str:
+        """step: steps completed. Prints and writes `metrics` (host floats); returns the line."""
+        now = time.time()
+        if self.t_last is None:
+            self.t_last, self.step_last, self.t_start = now, step, now
+            dt = float("nan")
+        else:
+            dt = (now - self.t_last) / max(1, step - self.step_last)
+            self.t_last, self.step_last = now, step
+        tps = self.tokens_per_step / dt if dt == dt else float("nan")
+        mfu = self.flops / dt / self.peak if dt == dt else float("nan")
+        eta = dt * (self.total - step) if dt == dt else float("nan")
+        m = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        parts = [f"step {step:5d}/{self.total}", f"loss {m['loss']:.4f}", f"nll_base {m['nll_base']:.4f}"]
+        if "nll_mix" in m:
+            parts += [f"nll_mix {m['nll_mix']:.4f}", f"reward {m['reward_mean']:+.2e}",
+                      f"adv>0 {m['advantage_pos_frac']:.2f}", f"w {m['mixing_weight']:+.3f}",
+                      f"H {m['thought_entropy']:.2f}"]
+        parts += [f"|g| {m.get('grad_norm', math.nan):.3f}", f"lr {m.get('learning_rate', math.nan):.2e}",
+                  f"tok/s {tps:,.0f}", f"MFU {100 * mfu:.1f}%", f"ETA {_fmt_secs(eta)}"]
+        if m.get("finite", 1.0) < 1.0:
+            parts.append("NON-FINITE (update skipped)")
+        line = " | ".join(parts)
+        if jax.process_index() == 0:
+            print(line, flush=True)
+        if self.writer is not None:
+            for k, v in m.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            if dt == dt:
+                self.writer.add_scalar("perf/step_seconds", dt, step)
+                self.writer.add_scalar("perf/tokens_per_second", tps, step)
+                self.writer.add_scalar("perf/mfu", mfu, step)
+        return line
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if jax.process_index() == 0:
+            print(text, flush=True)
+        if self.writer is not None:
+            self.writer.add_text(tag, text.replace("\n", "  \n"), step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _fmt_secs(s: float) -> str:
+    if s != s:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
