@@ -141,10 +141,10 @@ def reference_loss(params, cfg, qs, batch, thoughts):
     return qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix + qs.policy_weight * pg
 
 
-def naive_thoughts(params, cfg, qs, tokens, positions, key, step_noise):
+def naive_thoughts(params, cfg, qs, tokens, positions, key, step_uniforms):
     """For every row r and position p separately: feed x_0..x_p, <start>, thought so far to the plain
-    model (dense causal), take the last logits, sample with the same Gumbel noise. Returns thoughts
-    (R, L, T) and the raw logits (R, L, T, V)."""
+    model (dense causal), take the last logits, and draw with the same uniform by a sequential float64
+    inverse CDF (numpy). Returns thoughts (R, L, T) and the raw logits (R, L, T, V)."""
     from quietstar_jax.quietstar.sampling import sampling_logits
 
     tokens = np.asarray(tokens)
@@ -152,7 +152,7 @@ def naive_thoughts(params, cfg, qs, tokens, positions, key, step_noise):
     T = qs.n_ahead - 3
     out = np.zeros((R, L, T), np.int64)
     raws = np.zeros((R, L, T, logits_ref(params, cfg, jnp.zeros(cfg.hidden_size)).shape[-1]), np.float32)
-    noise = [np.asarray(step_noise(key, i, (R, L, raws.shape[-1]))) for i in range(T)]
+    unif = [np.asarray(step_uniforms(key, i, (R, L))) for i in range(T)]
     for r in range(R):
         for p in range(L):
             seq = list(tokens[r, : p + 1]) + [qs.start_id]
@@ -164,7 +164,11 @@ def naive_thoughts(params, cfg, qs, tokens, positions, key, step_noise):
                 h = dense_forward(params, cfg, embed_ref(params, qs, ids), jnp.asarray(pos), jnp.asarray(mask))
                 raw = logits_ref(params, cfg, h[0, -1])
                 raws[r, p, i] = raw
-                tok = int(np.argmax(np.asarray(sampling_logits(raw, qs)) + noise[i][r, p]))
+                z = np.asarray(sampling_logits(raw, qs), np.float64)
+                prob = np.exp(z - z.max())
+                cdf = np.cumsum(prob / prob.sum())
+                tok = int(np.searchsorted(cdf, unif[i][r, p], side="left"))
+                assert prob[tok] > 0
                 out[r, p, i] = tok
                 seq.append(tok)
     return out, raws

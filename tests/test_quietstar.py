@@ -11,7 +11,7 @@ from quietstar_jax.model.transformer import forward, lm_logits
 from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, quietstar_loss, sample_thoughts
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.objective import advantages, policy_loss
-from quietstar_jax.quietstar.sampling import gumbel_noise
+from quietstar_jax.quietstar.sampling import sample_inverse_cdf, sampling_uniforms
 from quietstar_jax.quietstar.tokens import embed_with_thoughts
 
 import reference_quietstar as ref
@@ -99,10 +99,24 @@ def test_parallel_sampling_equals_naive_per_position_loop(top_k):
     key = jax.random.key(7)
     thoughts, _, raws = sample_thoughts(params, CFG, qs, batch["tokens"], batch["positions"],
                                         batch["segment_ids"], key, return_logits=True)
-    naive, naive_raws = ref.naive_thoughts(params, CFG, qs, batch["tokens"], batch["positions"], key, gumbel_noise)
+    naive, naive_raws = ref.naive_thoughts(params, CFG, qs, batch["tokens"], batch["positions"], key,
+                                              sampling_uniforms)
     np.testing.assert_allclose(raws, naive_raws, atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(thoughts, naive)
     assert len(np.unique(np.asarray(thoughts))) > 3  # really sampled, not a constant
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    """Empirical frequencies of many draws vs softmax (chi-square-like bound), masked ids never drawn."""
+    logits = jnp.array([1.0, -jnp.inf, 0.5, 2.0, -1.0, -jnp.inf], jnp.float32)
+    n = 200_000
+    u = jax.random.uniform(jax.random.key(0), (n,), minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+    tok, ent = sample_inverse_cdf(jnp.broadcast_to(logits, (n, 6)), u)
+    freq = np.bincount(np.asarray(tok), minlength=6) / n
+    p = np.asarray(jax.nn.softmax(logits))
+    np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(p.max() / n))
+    assert freq[1] == 0 and freq[5] == 0
+    np.testing.assert_allclose(ent[0], -np.sum(p[p > 0] * np.log(p[p > 0])), rtol=1e-5)
 
 
 def test_sampling_never_emits_thought_ids_inside_vocab():
