@@ -2,11 +2,12 @@
 
     python benchmarks/step_bench.py            # the reference's CPU config + L/N scaling rows
     python benchmarks/step_bench.py --quick    # only the L=64 rows
-    python benchmarks/step_bench.py --max-len=256
+    python benchmarks/step_bench.py --max-len=256    # skip the slow L=1024 row (--min-len=1024: only it)
 
 Each row runs in its own process (so peak RSS is that row's), jits loss + grad + AdamW update, and
-reports mean step time over timed steps after one warm-up, peak RSS, XLA's FLOP count of the step and
-FLOP utilisation against this machine's measured float32 matmul peak.
+reports mean step time over timed steps after one warm-up, peak RSS, the step's matmul FLOPs (counted
+from the jaxpr, scan bodies times their length) and FLOP utilisation against this machine's measured
+float32 matmul peak.
 Model: hidden 256, 4 layers, vocab 32000 (the authors' CPU toy config); batch 2, P thoughts each.
 """
 
@@ -69,8 +70,10 @@ def run_row(L, N, M, P, attention, steps):
 
     jstep = jax.jit(step, donate_argnums=(0, 1))
     compiled = jstep.lower(params, opt, batch, jax.random.key(3)).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    # Matmul FLOPs from the jaxpr (scan bodies x length); XLA's cost_analysis counts loop bodies once.
+    from quietstar_jax.training.metrics import jaxpr_matmul_flops
+
+    flops, _ = jaxpr_matmul_flops(jax.make_jaxpr(jstep)(params, opt, batch, jax.random.key(3)))
     params, opt, loss = compiled(params, opt, batch, jax.random.key(3))
     loss.block_until_ready()
     t = time.perf_counter()
@@ -78,7 +81,7 @@ def run_row(L, N, M, P, attention, steps):
         params, opt, loss = compiled(params, opt, batch, jax.random.key(4 + i))
     loss.block_until_ready()
     dt = (time.perf_counter() - t) / steps
-    return {"step_s": dt, "flops": float(cost.get("flops", 0.0)),
+    return {"step_s": dt, "flops": float(flops),
             "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
 
 
@@ -91,6 +94,9 @@ def main():
     max_len = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--max-len=")]
     if max_len:
         rows = [r for r in rows if r[1] <= max_len[0]]
+    min_len = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--min-len=")]
+    if min_len:
+        rows = [r for r in rows if r[1] >= min_len[0]]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     peak = float(subprocess.run([sys.executable, "-c", "import step_bench as b; print(b.matmul_peak_gflops())"],

@@ -281,3 +281,28 @@ def test_dense_attention_impl_matches_stream_impl():
     l2, _ = quietstar_loss(params, CFG.replace(attention_impl="dense"), QS.replace(policy_weight=1.0), b, None,
                            thoughts=th)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
+
+
+def test_pair_policy_loss_equals_full_policy_loss():
+    """P = 2 + clamp: logits only for the better thought of each pair, same value and gradient."""
+    from quietstar_jax.quietstar.objective import _policy_loss_pairs
+    from quietstar_jax.quietstar.tokens import mask_thought_logits
+
+    qs = QS.replace(n_passes=2, clamp_advantage=True)
+    params = make_params(qs=qs)
+    R, L, T, K = 4, 6, qs.num_thought_tokens, qs.num_streams
+    hidden = jax.random.normal(jax.random.key(3), (R, K, L, CFG.hidden_size))
+    thoughts = jax.random.randint(jax.random.key(4), (R, L, T), 0, V)
+    rewards = jax.random.normal(jax.random.key(5), (R, L)).at[2:4, 1].set(0.5)  # a tie: both A = 0
+    adv = advantages(qs, rewards)
+    valid = jnp.ones((R, L), bool).at[:, -2:].set(False)
+
+    def full(p, h):
+        logits = mask_thought_logits(lm_logits(p, CFG, h[:, 1:T + 1]), qs)
+        return policy_loss(jnp.moveaxis(logits, 1, 2), thoughts, adv, qs.policy_temperature, valid)
+
+    pair = lambda p, h: _policy_loss_pairs(p, CFG, qs, h, thoughts, adv, valid)  # noqa: E731
+    (l1, g1), (l2, g2) = [jax.value_and_grad(f, argnums=(0, 1))(params, hidden) for f in (full, pair)]
+    np.testing.assert_allclose(l2, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

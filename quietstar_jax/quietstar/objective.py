@@ -30,9 +30,12 @@ def masked_mean(x, mask):
 
 
 def token_logprobs(logits, targets):
-    """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...)."""
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...).
+
+    As logit[target] - logsumexp(logits): never materialises the (..., V) log-softmax (one fewer
+    vocabulary-sized tensor kept for the backward pass)."""
+    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def policy_loss(logits, thoughts, advantages, temperature: float, valid):
@@ -62,6 +65,32 @@ def plain_lm_loss(params, cfg: ModelConfig, batch):
     return nll, {"loss": nll, "nll_base": nll}
 
 
+def _policy_loss_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv, valid):
+    """policy_loss for P = 2 with clamped advantages, computing vocabulary logits for half the rows.
+
+    With two thoughts per position the advantages are +-(R1 - R2) / 2, so after clamping at most one
+    thought per position (the better one) has A > 0 and the other contributes exactly zero loss and
+    zero gradient. Only the better thought's policy logits are computed: (B, T, L, V) instead of
+    (2B, T, L, V), which halves the largest vocabulary-sized work of the step. Same value and gradient
+    as policy_loss over all rows.
+    hidden (R, K, L, H), thoughts (R, L, T), adv / valid (R, L); R = 2B, copies adjacent.
+    """
+    R, _, L, H = hidden.shape
+    T = thoughts.shape[-1]
+    h = hidden[:, 1:T + 1].reshape(R // 2, 2, T, L, H)
+    a = adv.reshape(R // 2, 2, L)
+    th = thoughts.reshape(R // 2, 2, L, T)
+    first = a[:, 0] >= a[:, 1]  # (B, L): the better thought of each pair
+    h_w = jnp.where(first[:, None, :, None], h[:, 0], h[:, 1])  # (B, T, L, H)
+    t_w = jnp.where(first[..., None], th[:, 0], th[:, 1])  # (B, L, T)
+    a_w = jnp.maximum(a[:, 0], a[:, 1])  # (B, L); the other thought's clamped advantage is 0
+    logits = mask_thought_logits(lm_logits(params, cfg, h_w), qs)  # (B, T, L, V)
+    logp = token_logprobs(jnp.moveaxis(logits, 1, 2) / qs.policy_temperature, t_w).sum(-1)  # (B, L)
+    v = valid.reshape(R // 2, 2, L)[:, 0].astype(jnp.float32)  # both copies share segment ids
+    total = -jnp.sum(jax.lax.stop_gradient(a_w) * logp * v)
+    return total / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+
+
 def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, thoughts=None):
     """Total loss and metrics for one batch.
 
@@ -83,10 +112,11 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     hidden = forward(params, cfg, embed_with_thoughts(params, cfg, qs, streams),
                      layout.stream_positions(qs, pos), StreamMask.streams(seg, K))  # (R, K, L, H)
 
-    # Base predictions: log p_base(x_{p+1}) at every position.
+    # Base predictions: log p_base(x_{p+1}) at every position. The base stream of the P copies of an
+    # example is identical, so its (L, V) logits are computed once per example, not once per copy.
     h_base = hidden[:, 0]
-    base_lp = token_logprobs(mask_thought_logits(lm_logits(params, cfg, h_base), qs),
-                             layout.shift_left(tokens, 1))
+    base_lp = rep(token_logprobs(mask_thought_logits(lm_logits(params, cfg, h_base[::P]), qs),
+                                 layout.shift_left(batch["tokens"], 1)))
     nll_base = masked_mean(-base_lp, layout.next_token_valid(seg, 0))
 
     head = params["quietstar"]["talk_head"]
@@ -111,7 +141,9 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     adv = advantages(qs, jnp.where(r_valid, reward, 0.0))
 
     T = qs.num_thought_tokens
-    if T > 0:
+    if T > 0 and qs.clamp_advantage and P == 2:
+        pg = _policy_loss_pairs(params, cfg, qs, hidden, thoughts, adv, r_valid)
+    elif T > 0:
         # Thought token j (stream j + 2) was sampled from the logits of stream j + 1.
         pol_logits = mask_thought_logits(lm_logits(params, cfg, hidden[:, 1:T + 1]), qs)  # (R, T, L, V)
         pg = policy_loss(jnp.moveaxis(pol_logits, 1, 2), thoughts, adv, qs.policy_temperature, r_valid)
