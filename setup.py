@@ -29,8 +29,11 @@ EXTRAS = {
     # torch is an exact pin: 2.13.0 is a local CPU wheel here; anything else pulls GBs of CUDA.
     # gguf + accelerate + torch let transformers materialise SmolLM2 from its GGUF file.
     "hf": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0"],
-    "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest"],
-    "tpu": ["libtpu"],
+    # libtpu in the test extra so the AOT-compile-for-TPU tests run on CPU-only CI (137 MB wheel, ~6 s).
+    "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest", "libtpu==0.0.52"],
+    # On a TPU VM install jax[tpu]==0.10.2 (launch/setup.sh); this pin is the libtpu matching jax 0.10.2,
+    # also what `python -m quietstar_jax.compile` needs on a CPU host.
+    "tpu": ["libtpu==0.0.52"],
 }
 
 setup(

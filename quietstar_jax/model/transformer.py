@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.rope import apply_rope, rope_cos_sin
+from quietstar_jax.sharding.rules import constrain_batch
 
 _POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -75,7 +76,8 @@ def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """Final hidden states (..., H) -> logits (..., V) in float32 (lm_head or tied embeddings)."""
     head = params["model"]["embed_tokens"] if cfg.tie_word_embeddings else params["lm_head"]
     w = head["weight"].astype(hidden.dtype)
-    return jnp.einsum("...h,vh->...v", hidden, w, preferred_element_type=jnp.float32)
+    return constrain_batch(jnp.einsum("...h,vh->...v", constrain_batch(hidden), w,
+                                      preferred_element_type=jnp.float32))
 
 
 def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot):
@@ -100,7 +102,7 @@ def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_la
     attend = dense_stream_attention if cfg.attention_impl == "dense" else stream_attention
     o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype),
                          vd.astype(q.dtype), mask, window, D ** -0.5)
-    x = x + _linear(o.reshape(B, Kq, L, -1), attn["o_proj"])
+    x = constrain_batch(x + _linear(o.reshape(B, Kq, L, -1), attn["o_proj"]))
     h = rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
     mlp = lp["mlp"]
     x = x + _linear(jax.nn.silu(_linear(h, mlp["gate_proj"])) * _linear(h, mlp["up_proj"]),
@@ -128,8 +130,8 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
 
     def body(carry, xs):
         lp, window, cache_layer = xs
-        y, state = _layer(cfg, mask, cos, sin, carry, lp, window, cache_layer, slot)
-        return y, (state if (decode or return_base_kv) else None)
+        y, state = _layer(cfg, mask, cos, sin, constrain_batch(carry), lp, window, cache_layer, slot)
+        return constrain_batch(y), (state if (decode or return_base_kv) else None)
 
     if cfg.remat_policy != "none":
         body = jax.checkpoint(body, policy=_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)

@@ -76,3 +76,23 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict = DEFAULT_RULES) -> Na
     axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if mesh.shape[a] > 1)
     first = None if not axes else (axes[0] if len(axes) == 1 else axes)
     return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))
+
+
+def constrain_batch(x: jax.Array, rules: dict = DEFAULT_RULES) -> jax.Array:
+    """Pins dim 0 of an activation to the batch mesh axes when tracing under a mesh (no-op otherwise).
+
+    Without it XLA's propagation may keep activations replicated and all-reduce them inside the layer
+    loop instead of all-gathering the (fsdp-sharded) weights layer by layer: on the Mistral-7B v4
+    config that cost ~5 GiB per chip and ~2x the collective traffic."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = rules["batch"]
+    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes)
+                 if a in mesh.axis_names and mesh.shape[a] > 1)
+    n = 1
+    for a in axes:
+        n *= mesh.shape[a]
+    if not axes or x.shape[0] % n:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(axes if len(axes) > 1 else axes[0], *([None] * (x.ndim - 1))))

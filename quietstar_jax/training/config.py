@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.export_dtype = "bfloat16"
     c.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (measured matmul peak on CPU)
     c.distributed = "auto"  # auto | on | off: jax.distributed.initialize for multi-host TPU slices
+    c.tpu_topology = ""  # the slice a config is sized for (quietstar_jax.compile's default --topology)
     return c
 
 
