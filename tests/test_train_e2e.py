@@ -18,11 +18,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
 STEPS = 8
 ARGS = [f"--config={TINY}", f"--config.steps={STEPS}", "--config.checkpoint.every_steps=2",
-        "--config.checkpoint.keep=2", "--config.data.prefetch=0"]
+        "--config.checkpoint.keep=2", "--config.data.prefetch=0", "--config.seq_len=16",
+        "--config.quietstar.n_ahead=5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache(tmp_path_factory):
+    # The runs of a test compile the same step: a persistent cache compiles it once.
+    os.environ["QS_TEST_JAX_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
+    yield
+    os.environ.pop("QS_TEST_JAX_CACHE", None)
 
 
 def _env():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("QS_TEST_JAX_CACHE", ""),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("XLA_FLAGS", None)  # one device, like the CPU default
     return env
 
@@ -100,7 +111,8 @@ def test_nan_stop_leaves_latest_checkpoint_intact(tmp_path):
     # A huge learning rate blows the params up within a few steps -> non-finite loss.
     c = _tiny(tmp_path, **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0, "nan_policy": "stop",
                            "checkpoint.every_steps": 1, "checkpoint.async_save": False, "steps": 6,
-                           "global_batch_size": 8, "data.prefetch": 0, "log_every": 0})
+                           "global_batch_size": 8, "data.prefetch": 0, "log_every": 0, "seq_len": 8,
+                           "quietstar.n_ahead": 4, "quietstar.n_ahead_talk": 2, "export_hf": False})
     wd = str(tmp_path / "nan")
     with pytest.raises(FloatingPointError, match="non-finite.*latest checkpoint left intact"):
         train(c, wd)

@@ -20,10 +20,10 @@ def tiny_config(**over):
     c.model.source = "tiny"
     c.model.dtype = "float32"
     c.model.remat_policy = "none"
-    c.seq_len = 16
+    c.seq_len = 8  # small programs: these tests are dominated by XLA compile time
     c.global_batch_size = 8
     c.steps = 10
-    c.quietstar.n_ahead = 5
+    c.quietstar.n_ahead = 4
     c.quietstar.n_ahead_talk = 2
     c.quietstar.n_passes = 2
     c.optimizer.learning_rate = 1e-3
@@ -116,19 +116,19 @@ def test_grad_accumulation_equals_mean_of_microbatch_grads():
     from quietstar_jax.quietstar.objective import quietstar_loss
     import optax
 
-    params = random_params_fn(cfg, qs, 0, [45])()
+    params = jax.jit(random_params_fn(cfg, qs, 0, [45]))()
     tx = optax.sgd(1.0)
     step = make_train_step(cfg, qs, tx, lambda s: 1.0, grad_accum_steps=2)
-    batch = {k: jnp.asarray(v) for k, v in make_batch(4, 16).items()}
+    batch = {k: jnp.asarray(v) for k, v in make_batch(4, 8).items()}
     state = {"step": jnp.int32(3), "params": params, "opt_state": tx.init(params)}
     new, m = jax.jit(step)(state, batch, jax.random.key(1))
     key = jax.random.fold_in(jax.random.key(1), 3)
     micro = split_microbatches(batch, 2)
     grads, losses = [], []
+    vg = jax.jit(jax.value_and_grad(lambda p, mb, k: quietstar_loss(p, cfg, qs, mb, k), has_aux=True))
     for i in range(2):
         mb = jax.tree.map(lambda x: x[i], micro)
-        (l, _), g = jax.value_and_grad(lambda p: quietstar_loss(p, cfg, qs, mb, jax.random.fold_in(key, i)),
-                                       has_aux=True)(params)
+        (l, _), g = vg(params, mb, jax.random.fold_in(key, i))
         grads.append(g)
         losses.append(l)
     want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, params, *grads)
@@ -145,7 +145,7 @@ def test_lr_multiplier_and_bad_pattern():
     c = tiny_config()
     cfg, _ = model_config_only(c)
     qs = config_lib.quietstar_config(c, START, END)
-    params = random_params_fn(cfg, qs, 0, [45])()
+    params = jax.jit(random_params_fn(cfg, qs, 0, [45]))()
     grads = jax.tree.map(jnp.ones_like, params)
     outs = {}
     for name, mult in [("none", {}), ("x3", {"quietstar/thought_embeddings": 3.0, "model/norm/weight": 0.0})]:
@@ -170,7 +170,7 @@ def test_non_finite_step_is_skipped():
     bad = jax.tree.map(lambda x: x, state)
     bad["params"]["model"]["norm"]["weight"] = state["params"]["model"]["norm"]["weight"].at[0].set(jnp.nan)
     before = jax.device_get(bad)
-    batch = {k: jnp.asarray(v) for k, v in make_batch(2, 16).items()}
+    batch = {k: jnp.asarray(v) for k, v in make_batch(2, 8).items()}
     new, m = setup.step_fn(bad, batch, jax.random.key(0))
     new = jax.device_get(new)
     assert m["finite"] == 0.0 and int(new["step"]) == 1

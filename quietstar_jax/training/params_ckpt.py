@@ -19,16 +19,25 @@ from quietstar_jax.model.config import ModelConfig
 
 
 def save_params(directory: str, params, hf_config: dict) -> str:
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
+    """Local path or gs:// (orbax + etils.epath handle both). Every process calls it."""
+    remote = "://" in directory
+    directory = directory if remote else os.path.abspath(directory)
+    if not remote:
+        os.makedirs(directory, exist_ok=True)
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(directory, "params"), params, force=True)
     ckpt.wait_until_finished()
     if jax.process_index() == 0:
-        tmp = os.path.join(directory, ".config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(directory, "config.json"))
+        text = json.dumps(hf_config, indent=2, sort_keys=True)
+        if remote:
+            from etils import epath
+
+            (epath.Path(directory) / "config.json").write_text(text)
+        else:
+            tmp = os.path.join(directory, ".config.json.tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, os.path.join(directory, "config.json"))
     return directory
 
 

@@ -135,7 +135,13 @@ def build_setup(c, cfg: ModelConfig, qs: QuietStarConfig, init_ids, mesh=None, t
     sh = state_shardings(cfg, tx, abstract, mesh)
     b_sh = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
-    step = make_train_step(cfg, qs, tx, sched, c.grad_accum_steps)
+    inner = make_train_step(cfg, qs, tx, sched, c.grad_accum_steps)
+
+    def step(state, batch, key):
+        # Trace under the mesh so the model's activation constraints (constrain_batch) apply.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return inner(state, batch, key)
+
     step_fn = jax.jit(step, in_shardings=(sh, {k: b_sh for k in BATCH_KEYS}, replicated),
                       out_shardings=(sh, replicated), donate_argnums=(0,))
     return Setup(mesh, cfg, qs, tx, sched, abstract, sh, b_sh, step_fn)
@@ -209,7 +215,10 @@ def show_thoughts(params, setup: Setup, tok, batch_row: dict, key, positions=(8,
 def maybe_initialize_distributed(mode: str) -> None:
     if mode == "off":
         return
-    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    # Multi-host signals: an explicit coordinator, a TPU worker list with several hosts, or a Cloud TPU
+    # VM's metadata-provided accelerator type larger than one host (v4-16 and up). "on" always calls it.
+    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
+        or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
     if mode == "on" or multi:
         jax.distributed.initialize()
 
@@ -240,8 +249,7 @@ def train(c, workdir: str) -> dict:
               f"devices, {jax.process_count()} processes\nquietstar: N={qs.n_ahead} M={qs.n_ahead_talk} "
               f"P={qs.n_passes} (enabled={qs.enabled}); batch {c.global_batch_size} x L {c.seq_len}, "
               f"accum {c.grad_accum_steps}, steps {c.steps}", flush=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(c.to_json_best_effort(indent=2))
+        _write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
 
     from quietstar_jax.training.checkpoint import Checkpointer
     from quietstar_jax.training.metrics import Logger, peak_flops_per_device, step_flops
@@ -266,12 +274,12 @@ def train(c, workdir: str) -> dict:
 
     base_key = jax.device_put(jax.random.key(c.seed + 2), NamedSharding(mesh, P()))
     t0 = time.time()
-    compiled = setup.step_fn.lower(_with_shardings(setup.abstract, setup.shardings), abstract_batch(c, setup),
-                                   base_key).compile()
+    abstract_args = (_with_shardings(setup.abstract, setup.shardings), abstract_batch(c, setup), base_key)
+    compiled = setup.step_fn.lower(*abstract_args).compile()
     if jax.process_index() == 0:
         print(f"compiled the train step in {time.time() - t0:.1f}s", flush=True)
     tokens_per_step = c.global_batch_size * c.seq_len
-    logger = Logger(workdir, c.steps, tokens_per_step, step_flops(compiled),
+    logger = Logger(workdir, c.steps, tokens_per_step, step_flops(setup.step_fn, *abstract_args),
                     peak_flops_per_device(c.peak_flops_per_device))
     metrics, host_m = None, {}
     stopped_early = False
@@ -295,11 +303,11 @@ def train(c, workdir: str) -> dict:
             if c.sample_every and done % c.sample_every == 0:
                 logger.text("thoughts", show_thoughts(state["params"], setup, tok, _first_row(data, step),
                                                       jax.random.key(done)), done)
-            if ckpt:
-                ckpt.save(done, state, force=(done == c.steps))
+            saved = bool(ckpt) and ckpt.save(done, state, force=(done == c.steps))
             if pre.should_stop(done) and done < c.steps:
                 if ckpt:
-                    ckpt.save(done, state, force=True)
+                    if not saved:
+                        ckpt.save(done, state, force=True)
                     ckpt.wait()
                 print(f"preemption signal: saved step {done}, exiting", flush=True)
                 stopped_early = True
@@ -313,15 +321,32 @@ def train(c, workdir: str) -> dict:
     text = show_thoughts(state["params"], setup, tok, _first_row(data, 0), jax.random.key(c.seed + 3))
     if text:
         logger.text("thoughts", text, c.steps)
+    # Params-only orbax export (no optimizer state): what `convert jax_to_hf --quietstar` and
+    # inference start from; restorable sharded on any mesh.
+    from quietstar_jax.hf.quietstar_export import quietstar_config_to_dict
+    from quietstar_jax.training.params_ckpt import save_params
+
+    hf_cfg = dict(raw or {}, **cfg.to_hf_dict(), quietstar=quietstar_config_to_dict(setup.qs))
+    result["params"] = save_params(os.path.join(workdir, "params_export"), state["params"], hf_cfg)
     if c.export_hf:
-        result["export"] = export_hf(os.path.join(workdir, "hf_export"), setup, state["params"], tok, raw,
+        # HF folders are written with local file operations: a gs:// run exports to local disk
+        # (copy it with gsutil); checkpoints and the params export above live in the bucket.
+        local = workdir if not workdir.startswith("gs://") else os.path.join("/tmp/quietstar_jax", c.run_name)
+        result["export"] = export_hf(os.path.join(local, "hf_export"), setup, state["params"], tok, raw,
                                      c.export_dtype)
         if jax.process_index() == 0:
             print(f"HF export: {result['export']}", flush=True)
     logger.close()
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-        json.dump({k: float(np.asarray(v)) for k, v in host_m.items()}, f, indent=2)
+    if jax.process_index() == 0:
+        _write_text(os.path.join(workdir, "final_metrics.json"),
+                    json.dumps({k: float(np.asarray(v)) for k, v in host_m.items()}, indent=2))
     return result
+
+
+def _write_text(path: str, text: str) -> None:
+    from etils import epath  # local paths and gs:// alike
+
+    epath.Path(path).write_text(text)
 
 
 def _first_row(data, step: int) -> dict:
