@@ -27,13 +27,13 @@ then launch/train.sh runs on all workers, via gcloud compute tpus tpu-vm ssh --w
 
 Measured (python -m quietstar_jax.compile; libtpu 0.0.52, jax 0.10.2; 2-core CPU host, 4.3 GB RSS):
     v4:2x2x2, 8 chips / 2 hosts, mesh data=1 fsdp=8 tensor=1, 7.29B params (incl. mixing head)
-    per chip: arguments 10.19 GiB (params + AdamW moments, fp32) + temporaries 14.19 GiB
-              + code 0.11 GiB = 24.50 GiB of 30.75 GiB usable (79.7%; 6.25 GiB headroom)
+    per chip: arguments 10.19 GiB (params + AdamW moments, fp32) + temporaries 9.39 GiB
+              + code 0.11 GiB = 19.68 GiB of 30.75 GiB usable (64.0%; 11.07 GiB headroom)
     FLOPs per step: 3.22 PFLOP model (403 TFLOP per chip), 3.86 PFLOP executed with full remat
     est. step time: 3.7 s at 40% MFU (275 TFLOP/s bf16 per chip), >= 1.75 s at 100%: 100 steps ~6 min
-    compile: 5.8 min wall. Not counted above: communication; without activation sharding
-    constraints in the model XLA all-reduces full-batch activations inside the layer loop (see
-    launch/README.md), which may dominate the step time.
+    compile: 4.6 min wall. Communication is not in the estimate; activations are pinned to the batch
+    axes (quietstar_jax.sharding.constrain_batch), so XLA all-gathers the fsdp-sharded weights per
+    layer instead of all-reducing full-batch activations (24.50 GiB per chip without the constraints).
 """
 
 from quietstar_jax.training.config import base_config

@@ -30,13 +30,7 @@ def tiny_config(**over):
     c.quietstar.n_passes = 2
     c.mesh.data = 1
     c.mesh.fsdp = -1
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return config_lib.override(c, **over)
 
 
 # ----------------------------------------------------------------------------- topology names

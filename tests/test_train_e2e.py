@@ -95,13 +95,7 @@ def _tiny(tmp_path, **over):
     c = config_lib.base_config()
     exec(open(TINY).read(), g := {})  # noqa: S102 - the repo's own config file
     c = g["get_config"]()
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return config_lib.override(c, **over)
 
 
 def test_nan_stop_leaves_latest_checkpoint_intact(tmp_path):

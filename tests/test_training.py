@@ -28,13 +28,7 @@ def tiny_config(**over):
     c.quietstar.n_passes = 2
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 0
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return config_lib.override(c, **over)
 
 
 def make_batch(B, L, seed=0, vocab=256):

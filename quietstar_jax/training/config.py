@@ -81,6 +81,20 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def override(c, **dotted) -> ml_collections.ConfigDict:
+    """override(c, **{"optimizer.learning_rate": 1e-5}) sets fields by dotted path (in place; returns c).
+    Unknown paths raise KeyError, like --config.a.b=v on the command line."""
+    for key, value in dotted.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        if last not in node:
+            raise KeyError(f"config has no field {key!r}")
+        node[last] = value
+    return c
+
+
 def quietstar_config(c, start_id: int, end_id: int) -> QuietStarConfig:
     return QuietStarConfig(**dict(c.quietstar), start_id=start_id, end_id=end_id)
 
