@@ -38,6 +38,12 @@ def token_logprobs(logits, targets):
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0):
+    """log softmax(mask(lm_head(hidden)) / temperature)[targets]: hidden (..., H) -> (...) float32."""
+    logits = mask_thought_logits(lm_logits(params, cfg, hidden), qs)
+    return token_logprobs(logits if temperature == 1.0 else logits / temperature, targets)
+
+
 def policy_loss(logits, thoughts, advantages, temperature: float, valid):
     """REINFORCE surrogate: -mean_p A_p * sum_j log softmax(logits / temperature)[t_j].
 
@@ -84,8 +90,7 @@ def _policy_loss_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, th
     h_w = jnp.where(first[:, None, :, None], h[:, 0], h[:, 1])  # (B, T, L, H)
     t_w = jnp.where(first[..., None], th[:, 0], th[:, 1])  # (B, L, T)
     a_w = jnp.maximum(a[:, 0], a[:, 1])  # (B, L); the other thought's clamped advantage is 0
-    logits = mask_thought_logits(lm_logits(params, cfg, h_w), qs)  # (B, T, L, V)
-    logp = token_logprobs(jnp.moveaxis(logits, 1, 2) / qs.policy_temperature, t_w).sum(-1)  # (B, L)
+    logp = head_logprobs(params, cfg, qs, jnp.moveaxis(h_w, 1, 2), t_w, qs.policy_temperature).sum(-1)  # (B, L)
     v = valid.reshape(R // 2, 2, L)[:, 0].astype(jnp.float32)  # both copies share segment ids
     total = -jnp.sum(jax.lax.stop_gradient(a_w) * logp * v)
     return total / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
@@ -115,8 +120,7 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     # Base predictions: log p_base(x_{p+1}) at every position. The base stream of the P copies of an
     # example is identical, so its (L, V) logits are computed once per example, not once per copy.
     h_base = hidden[:, 0]
-    base_lp = rep(token_logprobs(mask_thought_logits(lm_logits(params, cfg, h_base[::P]), qs),
-                                 layout.shift_left(batch["tokens"], 1)))
+    base_lp = rep(head_logprobs(params, cfg, qs, h_base[::P], layout.shift_left(batch["tokens"], 1)))
     nll_base = masked_mean(-base_lp, layout.next_token_valid(seg, 0))
 
     head = params["quietstar"]["talk_head"]
@@ -128,10 +132,10 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
         w = mixing_weight(head, qs, hb, ht)  # (R, L, 1)
         target = layout.shift_left(tokens, s + 1)
         if qs.mixer == "hidden":
-            mixed = lm_logits(params, cfg, ((1.0 - w) * hb + w * ht).astype(hb.dtype))
+            mix_lp = head_logprobs(params, cfg, qs, ((1.0 - w) * hb + w * ht).astype(hb.dtype), target)
         else:
             mixed = (1.0 - w) * lm_logits(params, cfg, hb) + w * lm_logits(params, cfg, ht)
-        mix_lp = token_logprobs(mask_thought_logits(mixed, qs), target)
+            mix_lp = token_logprobs(mask_thought_logits(mixed, qs), target)
         valid_s = layout.next_token_valid(seg, s)
         nll_mix = nll_mix + masked_mean(-mix_lp, valid_s) / M
         reward = reward + jnp.where(valid_s, mix_lp - layout.shift_left(base_lp, s), 0.0)
