@@ -159,7 +159,7 @@ def test_loss_and_grads_equal_dense_reference(qs):
     thoughts = jax.random.randint(jax.random.key(9), (4, 7, qs.num_thought_tokens), 0, V)
     f = lambda p: quietstar_loss(p, CFG, qs, batch, None, thoughts=thoughts)[0]  # noqa: E731
     g = lambda p: ref.reference_loss(p, CFG, qs, batch, thoughts)  # noqa: E731
-    l1, g1 = jax.value_and_grad(f)(params)
+    l1, g1 = jax.jit(jax.value_and_grad(f))(params)
     l2, g2 = jax.value_and_grad(g)(params)
     assert abs(float(l1) - float(l2)) <= 1e-5 * max(1.0, abs(float(l2)))
     flat1, flat2 = jax.tree.leaves_with_path(g1), dict(jax.tree.leaves_with_path(g2))
@@ -174,7 +174,7 @@ def test_policy_gradient_reaches_lm_and_thought_embedding_but_not_mixing_head():
     batch = make_batch()
     thoughts = jax.random.randint(jax.random.key(1), (4, 10, QS.num_thought_tokens), 0, V)
     only_pg = QS.replace(base_loss_weight=0.0, mix_loss_weight=0.0, policy_weight=1.0)
-    g = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, batch, None, thoughts=thoughts)[0])(params)
+    g = jax.jit(jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, batch, None, thoughts=thoughts)[0]))(params)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g["quietstar"]["talk_head"]))
     assert float(jnp.abs(g["quietstar"]["thought_embeddings"][0]).max()) > 0  # start embedding
     assert float(jnp.abs(g["model"]["layers"]["self_attn"]["k_proj"]["weight"]).max()) > 0
@@ -224,8 +224,8 @@ def test_padding_and_tail_positions_are_masked():
     assert valid[1].tolist() == [p <= 6 - 2 - M for p in range(10)]
     # The thoughts at non-rewarded positions get no policy gradient.
     only_pg = QS.replace(base_loss_weight=0.0, mix_loss_weight=0.0, policy_weight=1.0)
-    g = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, b, None, thoughts=th)[0])(params)
-    g2 = jax.grad(lambda p: quietstar_loss(p, CFG, only_pg, b, None, thoughts=th.at[:, 6:].set(0))[0])(params)
+    grad = jax.jit(jax.grad(lambda p, t: quietstar_loss(p, CFG, only_pg, b, None, thoughts=t)[0]))
+    g, g2 = grad(params, th), grad(params, th.at[:, 6:].set(0))
     for a, c in zip(jax.tree.leaves(g), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, c, atol=1e-7)
 
@@ -302,7 +302,7 @@ def test_pair_policy_loss_equals_full_policy_loss():
         return policy_loss(jnp.moveaxis(logits, 1, 2), thoughts, adv, qs.policy_temperature, valid)
 
     pair = lambda p, h: _policy_loss_pairs(p, CFG, qs, h, thoughts, adv, valid)  # noqa: E731
-    (l1, g1), (l2, g2) = [jax.value_and_grad(f, argnums=(0, 1))(params, hidden) for f in (full, pair)]
+    (l1, g1), (l2, g2) = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, hidden) for f in (full, pair)]
     np.testing.assert_allclose(l2, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
