@@ -28,8 +28,11 @@ SINGLE_NAME = "model.safetensors"
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-def _tensor_files(folder: str) -> dict[str, str]:
-    """{tensor name: file path} from the index, or from every *.safetensors file in the folder."""
+def tensor_files(folder: str) -> dict[str, str]:
+    """{tensor name: file path} of the model weights: from the index, else from the folder's
+    model*.safetensors files (HF's names: model.safetensors, model-00001-of-00002.safetensors). Other
+    .safetensors files (a Quiet-STaR sidecar, Mistral's consolidated.safetensors) are not weights of
+    the transformers model and are never read as such."""
     index = os.path.join(folder, INDEX_NAME)
     if os.path.exists(index):
         with open(index) as f:
@@ -41,10 +44,11 @@ def _tensor_files(folder: str) -> dict[str, str]:
             if not os.path.exists(fn):
                 raise FileNotFoundError(f"{index} lists {os.path.basename(fn)}, which is missing from {folder}")
         return files
-    shards = sorted(fn for fn in os.listdir(folder) if fn.endswith(".safetensors"))
+    shards = sorted(fn for fn in os.listdir(folder) if fn.startswith("model") and fn.endswith(".safetensors"))
     if not shards:
-        raise FileNotFoundError(f"no *.safetensors files in {folder} (PyTorch .bin checkpoints are not "
-                                "supported: re-save with save_pretrained(safe_serialization=True))")
+        raise FileNotFoundError(f"no *.safetensors files of the model (model*.safetensors) in {folder} "
+                                "(PyTorch .bin checkpoints are not supported: re-save with "
+                                "save_pretrained(safe_serialization=True))")
     files = {}
     for fn in shards:
         with safe_open(os.path.join(folder, fn), "np") as f:
@@ -71,7 +75,7 @@ def load_hf_folder(folder: str, place=None, **runtime) -> tuple[ModelConfig, dic
     `place(path, array)` moves each leaf elsewhere (e.g. onto sharded devices)."""
     raw = read_hf_config(folder)
     cfg = ModelConfig.from_hf_dict(raw, **runtime)
-    files = _tensor_files(folder)
+    files = tensor_files(folder)
     handles: dict[str, object] = {}
     shapes = {}
     try:

@@ -62,7 +62,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from quietstar_jax.hf.io import DTYPES, INDEX_NAME, SINGLE_NAME, _gather_to_host, read_hf_config, save_hf_folder
+from quietstar_jax.hf.io import (DTYPES, INDEX_NAME, SINGLE_NAME, _gather_to_host, read_hf_config, save_hf_folder,
+                                 tensor_files)
 from quietstar_jax.hf.mapping import CheckpointMismatchError, check_names_and_shapes, hf_names, hf_to_params
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
@@ -276,8 +277,8 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
         gen = _generation_config(cfg, ids, files.get(GENERATION_CONFIG_NAME))
         with open(os.path.join(stage, GENERATION_CONFIG_NAME), "w") as f:
             json.dump(gen, f, indent=2, sort_keys=True)
-        # One shard => save_hf_folder writes no index, and io.load_hf_folder would then scan every
-        # *.safetensors file (the sidecar too). An index keeps plain load_hf_folder working on exports.
+        # One shard => save_hf_folder writes no index; the export always has one, listing exactly the
+        # backbone tensors (readers never need to scan the folder, where the sidecar also lives).
         names = hf_names(cfg1)
         total = sum(int(np.prod(shape)) * np.dtype(DTYPES[dtype]).itemsize for _, shape, _ in names.values())
         if total <= max_shard_bytes:
@@ -320,27 +321,6 @@ def _read_meta(folder: str) -> dict:
         if key not in meta:
             raise ValueError(f"{path} is missing required field {key!r}")
     return meta
-
-
-def _backbone_files(folder: str) -> dict[str, str]:
-    """{tensor: file} from the index, else model.safetensors only (never the sidecar)."""
-    index = os.path.join(folder, INDEX_NAME)
-    if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointMismatchError(f"{index} has no 'weight_map'")
-        files = {n: os.path.join(folder, fn) for n, fn in weight_map.items()}
-    else:
-        single = os.path.join(folder, SINGLE_NAME)
-        if not os.path.exists(single):
-            raise FileNotFoundError(f"{folder} has neither {INDEX_NAME} nor {SINGLE_NAME}")
-        with safe_open(single, "np") as f:
-            files = {n: single for n in f.keys()}
-    for fn in sorted(set(files.values())):
-        if not os.path.exists(fn):
-            raise FileNotFoundError(f"{folder}: backbone file {os.path.basename(fn)} is missing")
-    return files
 
 
 def _check_sidecar(path: str, tensors: dict, H: int, inside: list[int], tied: bool) -> None:
@@ -397,7 +377,7 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
         raise CheckpointMismatchError(f"{CONFIG_NAME}: overwritten_ids {meta.get('overwritten_ids')} disagree "
                                       f"with start/end ids {ids} and original vocab {V0}")
 
-    files = _backbone_files(folder)
+    files = tensor_files(folder)
     handles = {}
     try:
         for fn in sorted(set(files.values())):
