@@ -55,6 +55,8 @@ def as_encoder(encoder) -> TextEncoder:
     in ``.hf`` is encoded through its Rust backend, see hf_encoder); or a plain encode(text) -> ids."""
     if isinstance(encoder, TextEncoder):
         return encoder
+    if isinstance(getattr(encoder, "text_encoder", None), TextEncoder):
+        return encoder.text_encoder  # training/tokenizer.py's classes already hold one
     if callable(getattr(encoder, "encode", None)):
         bos, eos = getattr(encoder, "bos_id", None), getattr(encoder, "eos_id", None)
         if getattr(encoder, "hf", None) is not None:

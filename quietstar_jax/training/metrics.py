@@ -98,13 +98,12 @@ class Logger:
 
             self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.t_last, self.step_last = None, None
-        self.t_start = None
 
     def log(self, step: int, metrics: dict) -> str:
         """step: steps completed. Prints and writes `metrics` (host floats); returns the line."""
         now = time.time()
         if self.t_last is None:
-            self.t_last, self.step_last, self.t_start = now, step, now
+            self.t_last, self.step_last = now, step
             dt = float("nan")
         else:
             dt = (now - self.t_last) / max(1, step - self.step_last)

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
-
+from quietstar_jax.data.encoders import byte_encoder, hf_encoder
 from quietstar_jax.quietstar.tokens import END_TOKEN, INIT_TEXT, START_TOKEN, add_thought_tokens
 
 
@@ -17,12 +16,11 @@ class ByteTokenizer:
     hf = None
 
     def __init__(self):
+        self.text_encoder = byte_encoder()
+        self.encode = self.text_encoder.encode
+        self.fingerprint = self.text_encoder.fingerprint
         self.start_id, self.end_id = 256, 257
         self.init_ids = self.encode(INIT_TEXT)
-        self.fingerprint = "bytes-v1"
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
         names = {self.start_id: START_TOKEN, self.end_id: END_TOKEN}
@@ -57,11 +55,11 @@ class HFTokenizer:
         self.bos_id = tok.bos_token_id
         self.eos_id = tok.eos_token_id
         self.vocab_size = len(tok)
-        vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-        self.fingerprint = hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf(text, add_special_tokens=False)["input_ids"]
+        # The data pipeline's encoder for the same tokenizer (thread-safe, cached fingerprint): one
+        # tokenisation and one fingerprint for both the token cache and the checkpoint metadata.
+        self.text_encoder = hf_encoder(tok)
+        self.encode = self.text_encoder.encode
+        self.fingerprint = self.text_encoder.fingerprint
 
     def decode(self, ids) -> str:
         return self.hf.decode([int(i) for i in ids])
