@@ -78,12 +78,13 @@ def jaxpr_matmul_flops(jaxpr) -> tuple[float, bool]:
     return total, saw_while
 
 
-def step_flops(jitted, *abstract_args) -> float:
-    """Matmul FLOPs of one step per device, counted from the jaxpr (scan bodies x their length).
+def step_flops(jaxpr) -> float:
+    """Matmul FLOPs of one step per device, counted on its jaxpr (scan bodies x their length), e.g.
+    jitted.trace(*args).jaxpr, the same trace that is lowered and compiled.
 
     Not XLA's cost_analysis(): it counts a while-loop body once, which for a scanned 32-layer model
     under-counts the step ~20x."""
-    flops, _ = jaxpr_matmul_flops(jax.make_jaxpr(jitted)(*abstract_args))
+    flops, _ = jaxpr_matmul_flops(jaxpr)
     return flops / jax.device_count()
 
 

@@ -275,11 +275,12 @@ def train(c, workdir: str) -> dict:
     base_key = jax.device_put(jax.random.key(c.seed + 2), NamedSharding(mesh, P()))
     t0 = time.time()
     abstract_args = (_with_shardings(setup.abstract, setup.shardings), abstract_batch(c, setup), base_key)
-    compiled = setup.step_fn.lower(*abstract_args).compile()
+    traced = setup.step_fn.trace(*abstract_args)  # one trace: lowered here, FLOP-counted for MFU below
+    compiled = traced.lower().compile()
     if jax.process_index() == 0:
         print(f"compiled the train step in {time.time() - t0:.1f}s", flush=True)
     tokens_per_step = c.global_batch_size * c.seq_len
-    logger = Logger(workdir, c.steps, tokens_per_step, step_flops(setup.step_fn, *abstract_args),
+    logger = Logger(workdir, c.steps, tokens_per_step, step_flops(traced.jaxpr),
                     peak_flops_per_device(c.peak_flops_per_device))
     metrics, host_m = None, {}
     stopped_early = False
