@@ -16,12 +16,13 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.head import head_token_logprobs
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight
 from quietstar_jax.quietstar.sampling import sample_thoughts
-from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
+from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits, thought_ids_in_vocab
 
 
 def masked_mean(x, mask):
@@ -29,19 +30,41 @@ def masked_mean(x, mask):
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+@jax.custom_vjp
+def _logprobs_at(logits, targets):
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _logprobs_at_fwd(logits, targets):
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - lse, (logits, lse, targets)
+
+
+def _logprobs_at_bwd(res, g):
+    # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z) in one elementwise pass (autodiff scatters
+    # the picked-logit cotangent into a zero (..., V) array and adds the logsumexp term to it).
+    logits, lse, targets = res
+    onehot = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
+    return g[..., None] * (onehot.astype(logits.dtype) - jnp.exp(logits - lse[..., None])), None
+
+
+_logprobs_at.defvjp(_logprobs_at_fwd, _logprobs_at_bwd)
+
+
 def token_logprobs(logits, targets):
     """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...).
 
-    As logit[target] - logsumexp(logits): never materialises the (..., V) log-softmax (one fewer
-    vocabulary-sized tensor kept for the backward pass)."""
-    picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    As logit[target] - logsumexp(logits), with a one-pass backward; never materialises the (..., V)
+    log-softmax. From hidden states prefer head_logprobs (fuses the head matmul's backward too)."""
+    return _logprobs_at(logits, targets.astype(jnp.int32))
 
 
 def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0):
     """log softmax(mask(lm_head(hidden)) / temperature)[targets]: hidden (..., H) -> (...) float32."""
-    logits = mask_thought_logits(lm_logits(params, cfg, hidden), qs)
-    return token_logprobs(logits if temperature == 1.0 else logits / temperature, targets)
+    return head_token_logprobs(params, cfg, hidden, targets, temperature,
+                               thought_ids_in_vocab(qs, cfg.vocab_size))
 
 
 def policy_loss(logits, thoughts, advantages, temperature: float, valid):
@@ -66,7 +89,7 @@ def plain_lm_loss(params, cfg: ModelConfig, batch):
     tokens, seg = batch["tokens"], batch["segment_ids"]
     h = forward(params, cfg, embed(params, cfg, tokens)[:, None],
                 batch["positions"][:, None], StreamMask.causal(seg))[:, 0]
-    lp = token_logprobs(lm_logits(params, cfg, h), layout.shift_left(tokens, 1))
+    lp = head_token_logprobs(params, cfg, h, layout.shift_left(tokens, 1))
     nll = masked_mean(-lp, layout.next_token_valid(seg, 0))
     return nll, {"loss": nll, "nll_base": nll}
 
@@ -148,9 +171,11 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     if T > 0 and qs.clamp_advantage and P == 2:
         pg = _policy_loss_pairs(params, cfg, qs, hidden, thoughts, adv, r_valid)
     elif T > 0:
-        # Thought token j (stream j + 2) was sampled from the logits of stream j + 1.
-        pol_logits = mask_thought_logits(lm_logits(params, cfg, hidden[:, 1:T + 1]), qs)  # (R, T, L, V)
-        pg = policy_loss(jnp.moveaxis(pol_logits, 1, 2), thoughts, adv, qs.policy_temperature, r_valid)
+        # Thought token j (stream j + 2) was sampled from the logits of stream j + 1. Same surrogate as
+        # policy_loss, with the head's log-probs computed without materialising (R, L, T, V) logits.
+        logp = head_logprobs(params, cfg, qs, jnp.moveaxis(hidden[:, 1:T + 1], 1, 2), thoughts,
+                             qs.policy_temperature).sum(-1)  # (R, L)
+        pg = masked_mean(-jax.lax.stop_gradient(adv) * logp, r_valid)
     else:
         pg = jnp.float32(0.0)
     nll = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix

@@ -51,10 +51,14 @@ def embed_with_thoughts(params: dict, cfg: ModelConfig, qs: QuietStarConfig, tok
     return jnp.where((tokens == qs.end_id)[..., None], te[1], x)
 
 
+def thought_ids_in_vocab(qs: QuietStarConfig, vocab_size: int) -> tuple[int, ...]:
+    """The start/end ids that fall inside a vocabulary of `vocab_size` (a padded embedding table)."""
+    return tuple(i for i in (qs.start_id, qs.end_id) if 0 <= i < vocab_size)
+
+
 def mask_thought_logits(logits: jax.Array, qs: QuietStarConfig) -> jax.Array:
     """Sets the logits of the start/end ids to -inf where they are inside the vocabulary."""
-    V = logits.shape[-1]
-    ids = np.array([i for i in (qs.start_id, qs.end_id) if 0 <= i < V], np.int32)
+    ids = np.array(thought_ids_in_vocab(qs, logits.shape[-1]), np.int32)
     if ids.size == 0:
         return logits
     return logits.at[..., ids].set(-jnp.inf)

@@ -1,0 +1,63 @@
+"""The LM-head log-prob op (hand-written backward) against autodiff of log_softmax(lm_logits)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from quietstar_jax.model import ModelConfig, init_params, lm_logits
+from quietstar_jax.model.head import head_token_logprobs
+
+
+def _cfg(tied, dtype="float32"):
+    return ModelConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=tied,
+                       dtype=dtype)
+
+
+def _reference(params, cfg, h, t, temperature, masked):
+    z = lm_logits(params, cfg, h)
+    if masked:
+        z = z.at[..., jnp.asarray(masked)].set(-jnp.inf)
+    return jnp.take_along_axis(jax.nn.log_softmax(z / temperature), t[..., None], -1)[..., 0]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("temperature,masked", [(1.0, ()), (3.0, (5, 96))])
+def test_values_and_gradients_equal_autodiff(tied, temperature, masked):
+    cfg = _cfg(tied)
+    params = init_params(cfg, jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (2, 3, 4, 16))
+    t = jax.random.randint(jax.random.key(2), (2, 3, 4), 0, 90)
+    t = jnp.where(t == 5, 6, t)
+    w = jax.random.normal(jax.random.key(3), (2, 3, 4))
+
+    def loss(fn):
+        return lambda p, h: jnp.sum(w * fn(p, cfg, h, t, temperature, masked))
+
+    (v, (gp, gh)) = jax.jit(jax.value_and_grad(loss(head_token_logprobs), argnums=(0, 1)))(params, h)
+    (v_ref, (gp_ref, gh_ref)) = jax.value_and_grad(loss(_reference), argnums=(0, 1))(params, h)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    np.testing.assert_allclose(gh, gh_ref, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gp_ref)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    name = "embed_tokens" if tied else "lm_head"
+    head_g = (gp["model"]["embed_tokens"] if tied else gp["lm_head"])["weight"]
+    assert float(jnp.abs(head_g).max()) > 1e-3, name  # the head really gets a gradient
+    for i in masked:
+        if not tied:
+            assert np.all(np.asarray(head_g)[i] == 0)  # masked rows: no gradient
+
+
+def test_bfloat16_compute_close_to_float32():
+    """bf16 hidden/weights, float32 logits and softmax: log-probs within bf16 rounding of float32."""
+    cfg32, cfg16 = _cfg(False), _cfg(False, "bfloat16")
+    params = init_params(cfg32, jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (8, 16))
+    t = jax.random.randint(jax.random.key(2), (8,), 0, 97)
+    a = head_token_logprobs(params, cfg32, h, t)
+    b = head_token_logprobs(params, cfg16, h.astype(jnp.bfloat16), t)
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, atol=3e-2)
+    g = jax.grad(lambda h: jnp.sum(head_token_logprobs(params, cfg16, h, t)))(h.astype(jnp.bfloat16))
+    assert g.dtype == jnp.bfloat16
