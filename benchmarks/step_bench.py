@@ -5,9 +5,10 @@
     python benchmarks/step_bench.py --max-len=256    # skip the slow L=1024 row (--min-len=1024: only it)
 
 Each row runs in its own process (so peak RSS is that row's), jits loss + grad + AdamW update, and
-reports mean step time over timed steps after one warm-up, peak RSS, the step's matmul FLOPs (counted
-from the jaxpr, scan bodies times their length) and FLOP utilisation against this machine's measured
-float32 matmul peak.
+reports the median step time over timed steps after one warm-up (this VM's timings vary by ~15%
+between runs), peak RSS, the step's matmul FLOPs (counted from the jaxpr, scan bodies times their
+length), FLOP utilisation against this machine's measured float32 matmul peak, and the floor: the
+time the matmuls that any exact implementation must do would take at that peak (see floor_flops).
 Model: hidden 256, 4 layers, vocab 32000 (the authors' CPU toy config); batch 2, P thoughts each.
 """
 
@@ -17,6 +18,8 @@ import resource
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 ROWS = [  # name, L, N, M, P, attention
     ("plain LM (floor)", 64, 1, 1, 1, "stream"),
@@ -40,6 +43,25 @@ def matmul_peak_gflops():
     for _ in range(5):
         f(a).block_until_ready()
     return 5 * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
+
+
+def floor_flops(L, N, M, P, B=2, H=256, I=688, n_layers=4, V=32000):
+    """Matmul FLOPs that any exact implementation of one Quiet-STaR train step must do (a lower bound).
+
+    Counts only the linear layers and the vocabulary head (no attention scores), forward = 2 * params
+    per token, backward = 2x forward, and assumes the best case everywhere: the base stream once per
+    example (not per thought), the thought streams' forward shared between sampling and training
+    (the sampling logits reused for the policy log-probs), and the policy backward only for the
+    better thought of each pair (P = 2, clamped advantages: the other has zero gradient).
+    """
+    body = 2 * n_layers * (4 * H * H + 3 * H * I)  # per token: q, k, v, o + gate, up, down
+    head = 2 * H * V
+    if (N, M, P) == (1, 1, 1):
+        return 3 * (body + head) * B * L
+    T, K, R = N - 3, N + M - 1, B * P
+    policy_rows = T * B * L if P == 2 else T * R * L
+    return (3 * body * (B * L + (K - 1) * R * L)
+            + head * (T * R * L + 3 * M * R * L + 3 * B * L + 2 * policy_rows))
 
 
 def run_row(L, N, M, P, attention, steps):
@@ -76,12 +98,13 @@ def run_row(L, N, M, P, attention, steps):
     flops, _ = jaxpr_matmul_flops(jax.make_jaxpr(jstep)(params, opt, batch, jax.random.key(3)))
     params, opt, loss = compiled(params, opt, batch, jax.random.key(3))
     loss.block_until_ready()
-    t = time.perf_counter()
+    times = []
     for i in range(steps):
+        t = time.perf_counter()
         params, opt, loss = compiled(params, opt, batch, jax.random.key(4 + i))
-    loss.block_until_ready()
-    dt = (time.perf_counter() - t) / steps
-    return {"step_s": dt, "flops": float(flops),
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t)
+    return {"step_s": float(np.median(times)), "flops": float(flops),
             "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
 
 
@@ -104,9 +127,9 @@ def main():
                                 text=True, check=True).stdout.strip().splitlines()[-1])
     print(f"measured float32 matmul peak: {peak:.1f} GFLOP/s (2048^3 matmul, jit, this machine)")
     print(f"{'row':24s} {'L':>5s} {'N':>3s} {'M':>2s} {'P':>2s} {'step s':>8s} {'peak RSS GB':>11s} "
-          f"{'GFLOP/step':>10s} {'util %':>7s}")
+          f"{'GFLOP/step':>10s} {'util %':>7s} {'floor GFLOP':>11s} {'floor s':>8s}")
     for name, L, N, M, P, attention in rows:
-        steps = 5 if L <= 64 else 2
+        steps = 7 if L <= 64 else 3 if L <= 256 else 2
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--row",
                               json.dumps([L, N, M, P, attention, steps])], env=env, capture_output=True, text=True)
         if out.returncode != 0:
@@ -114,8 +137,9 @@ def main():
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         util = 100 * r["flops"] / r["step_s"] / 1e9 / peak
+        floor = floor_flops(L, N, M, P)
         print(f"{name:24s} {L:5d} {N:3d} {M:2d} {P:2d} {r['step_s']:8.3f} {r['rss_gb']:11.2f} "
-              f"{r['flops'] / 1e9:10.1f} {util:7.1f}", flush=True)
+              f"{r['flops'] / 1e9:10.1f} {util:7.1f} {floor / 1e9:11.1f} {floor / 1e9 / peak:8.3f}", flush=True)
 
 
 if __name__ == "__main__":
