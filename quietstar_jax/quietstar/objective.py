@@ -172,7 +172,7 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
         pg = _policy_loss_pairs(params, cfg, qs, hidden, thoughts, adv, r_valid)
     elif T > 0:
         # Thought token j (stream j + 2) was sampled from the logits of stream j + 1. Same surrogate as
-        # policy_loss, with the head's log-probs computed without materialising (R, L, T, V) logits.
+        # policy_loss, with the log-probs from the head op (one-pass backward, see model/head.py).
         logp = head_logprobs(params, cfg, qs, jnp.moveaxis(hidden[:, 1:T + 1], 1, 2), thoughts,
                              qs.policy_temperature).sum(-1)  # (R, L)
         pg = masked_mean(-jax.lax.stop_gradient(adv) * logp, r_valid)
