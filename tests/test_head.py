@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from quietstar_jax.model import ModelConfig, init_params, lm_logits
-from quietstar_jax.model.head import head_token_logprobs
+from quietstar_jax.model.head import head_token_logprobs, token_logprobs
 
 
 def _cfg(tied, dtype="float32"):
@@ -61,3 +61,17 @@ def test_bfloat16_compute_close_to_float32():
     np.testing.assert_allclose(a, b, atol=3e-2)
     g = jax.grad(lambda h: jnp.sum(head_token_logprobs(params, cfg16, h, t)))(h.astype(jnp.bfloat16))
     assert g.dtype == jnp.bfloat16
+
+
+def test_token_logprobs_value_and_gradient_equal_log_softmax():
+    """The hand-written backward of token_logprobs vs autodiff of log_softmax, incl. -inf (masked) ids."""
+    z = (jax.random.normal(jax.random.key(0), (3, 5, 11)) * 3).at[..., 4].set(-jnp.inf)
+    t = jax.random.randint(jax.random.key(1), (3, 5), 0, 4)
+    w = jax.random.normal(jax.random.key(2), (3, 5))
+    ours = jax.jit(jax.value_and_grad(lambda z: jnp.sum(w * token_logprobs(z, t))))
+    want = jax.value_and_grad(
+        lambda z: jnp.sum(w * jnp.take_along_axis(jax.nn.log_softmax(z), t[..., None], -1)[..., 0]))
+    (v, g), (v_ref, g_ref) = ours(z), want(z)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+    np.testing.assert_allclose(g, g_ref, atol=1e-6)
+    assert np.all(np.asarray(g)[..., 4] == 0)

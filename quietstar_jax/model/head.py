@@ -9,7 +9,7 @@ policy token): on the reference CPU config it is ~2/3 of the step's FLOPs. Autod
 transposes that (rows, V) array for the weight gradient, fusing the elementwise work into a strided
 transpose. Here the cotangent is one elementwise pass, dz = g (onehot - softmax) / T, and the weight
 gradient is computed as hidden^T @ dz, which reads dz in its natural row-major layout. Same values
-and gradients as autodiff (tests/test_model_hf.py).
+and gradients as autodiff (tests/test_head.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,49 @@ import jax
 import jax.numpy as jnp
 
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.transformer import head_weight
 from quietstar_jax.sharding.rules import constrain_batch
+
+
+def _logprobs_and_lse(z, targets):
+    """z (..., V) float32, targets (...) -> (z[t] - logsumexp(z), logsumexp(z)), each (...)."""
+    lse = jax.nn.logsumexp(z, axis=-1)
+    return jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0] - lse, lse
+
+
+def _dlogits(z, lse, targets, g):
+    """Cotangent of z for log-probs z[t] - logsumexp(z) with cotangent g: g (onehot(t) - softmax(z)).
+
+    One elementwise pass; -inf (masked) ids have softmax 0 and are never targets, so their gradient
+    is 0, as with the -inf scatter's own derivative."""
+    onehot = jnp.arange(z.shape[-1], dtype=targets.dtype) == targets[..., None]
+    return g[..., None] * (onehot.astype(z.dtype) - jnp.exp(z - lse[..., None]))
+
+
+@jax.custom_vjp
+def _token_logprobs(z, targets):
+    return _logprobs_and_lse(z, targets)[0]
+
+
+def _token_fwd(z, targets):
+    out, lse = _logprobs_and_lse(z, targets)
+    return out, (z, lse, targets)
+
+
+def _token_bwd(res, g):
+    z, lse, targets = res
+    return _dlogits(z, lse, targets, g), None
+
+
+_token_logprobs.defvjp(_token_fwd, _token_bwd)
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...).
+
+    Never materialises the (..., V) log-softmax; one-pass backward (_dlogits). From hidden states use
+    head_token_logprobs, which also fuses the head matmul's backward."""
+    return _token_logprobs(logits, targets.astype(jnp.int32))
 
 
 def _logits(h, w, masked_ids, inv_temp):
@@ -31,39 +73,27 @@ def _logits(h, w, masked_ids, inv_temp):
     return z * inv_temp if inv_temp != 1.0 else z
 
 
+def _head_fwd(h, w, targets, masked_ids, inv_temp):
+    z = _logits(h, w, masked_ids, inv_temp)
+    out, lse = _logprobs_and_lse(z, targets)
+    return out, (h, w, z, lse, targets)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _head_logprobs(h, w, targets, masked_ids, inv_temp):
-    z = _logits(h, w, masked_ids, inv_temp)
-    picked = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
-    return picked - jax.nn.logsumexp(z, axis=-1)
+    return _head_fwd(h, w, targets, masked_ids, inv_temp)[0]
 
 
-def _fwd(h, w, targets, masked_ids, inv_temp):
-    z = _logits(h, w, masked_ids, inv_temp)
-    lse = jax.nn.logsumexp(z, axis=-1)
-    picked = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
-    return picked - lse, (h, w, z, lse, targets)
-
-
-def _bwd(masked_ids, inv_temp, res, g):
+def _head_bwd(masked_ids, inv_temp, res, g):
     h, w, z, lse, targets = res
-    # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z); masked ids have softmax 0 and are never
-    # targets, so their gradient is 0 as with the -inf scatter's own derivative.
-    onehot = jnp.arange(z.shape[-1], dtype=targets.dtype)[None, :] == targets[:, None]
-    dz = (g * inv_temp)[:, None] * (onehot.astype(jnp.float32) - jnp.exp(z - lse[:, None]))
-    dz = constrain_batch(dz).astype(h.dtype)
+    dz = constrain_batch(_dlogits(z, lse, targets, g * inv_temp)).astype(h.dtype)
     dh = jnp.einsum("nv,vh->nh", dz, w, preferred_element_type=jnp.float32).astype(h.dtype)
+    # hidden^T @ dz reads dz row-major (no transpose of the (N, V) array), then a (H, V) transpose.
     dw = jnp.einsum("nh,nv->hv", h, dz, preferred_element_type=jnp.float32).T.astype(w.dtype)
     return dh, dw, None
 
 
-_head_logprobs.defvjp(_fwd, _bwd)
-
-
-def head_weight(params: dict, cfg: ModelConfig) -> jax.Array:
-    """The (V, H) output projection: lm_head, or the embedding table when tied."""
-    head = params["model"]["embed_tokens"] if cfg.tie_word_embeddings else params["lm_head"]
-    return head["weight"]
+_head_logprobs.defvjp(_head_fwd, _head_bwd)
 
 
 def head_token_logprobs(params: dict, cfg: ModelConfig, hidden: jax.Array, targets: jax.Array,

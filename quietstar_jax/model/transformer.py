@@ -72,10 +72,15 @@ def embed(params: dict, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
     return jnp.take(table, tokens, axis=0).astype(jnp.dtype(cfg.dtype))
 
 
+def head_weight(params: dict, cfg: ModelConfig) -> jax.Array:
+    """The (V, H) output projection: lm_head, or the embedding table when tied."""
+    head = params["model"]["embed_tokens"] if cfg.tie_word_embeddings else params["lm_head"]
+    return head["weight"]
+
+
 def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
     """Final hidden states (..., H) -> logits (..., V) in float32 (lm_head or tied embeddings)."""
-    head = params["model"]["embed_tokens"] if cfg.tie_word_embeddings else params["lm_head"]
-    w = head["weight"].astype(hidden.dtype)
+    w = head_weight(params, cfg).astype(hidden.dtype)
     return constrain_batch(jnp.einsum("...h,vh->...v", constrain_batch(hidden), w,
                                       preferred_element_type=jnp.float32))
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.head import head_token_logprobs
+from quietstar_jax.model.head import head_token_logprobs, token_logprobs
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
@@ -28,37 +28,6 @@ from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_log
 def masked_mean(x, mask):
     mask = mask.astype(jnp.float32)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-@jax.custom_vjp
-def _logprobs_at(logits, targets):
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
-
-
-def _logprobs_at_fwd(logits, targets):
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - lse, (logits, lse, targets)
-
-
-def _logprobs_at_bwd(res, g):
-    # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z) in one elementwise pass (autodiff scatters
-    # the picked-logit cotangent into a zero (..., V) array and adds the logsumexp term to it).
-    logits, lse, targets = res
-    onehot = jnp.arange(logits.shape[-1], dtype=targets.dtype) == targets[..., None]
-    return g[..., None] * (onehot.astype(logits.dtype) - jnp.exp(logits - lse[..., None])), None
-
-
-_logprobs_at.defvjp(_logprobs_at_fwd, _logprobs_at_bwd)
-
-
-def token_logprobs(logits, targets):
-    """log softmax(logits)[targets]: logits (..., V) float32, targets (...) -> (...).
-
-    As logit[target] - logsumexp(logits), with a one-pass backward; never materialises the (..., V)
-    log-softmax. From hidden states prefer head_logprobs (fuses the head matmul's backward too)."""
-    return _logprobs_at(logits, targets.astype(jnp.int32))
 
 
 def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0):
