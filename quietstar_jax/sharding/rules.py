@@ -7,6 +7,8 @@ instead (e.g. 2 KV heads on a tensor axis of 4), so any mesh is valid for any mo
 
 from __future__ import annotations
 
+import math
+
 import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -70,12 +72,21 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: dict = DEFAULT_RUL
                         is_leaf=lambda x: isinstance(x, P))
 
 
+def _batch_axes(mesh, rules: dict) -> tuple[str, ...]:
+    """The mesh axes (of size > 1) that the logical "batch" axis maps to."""
+    axes = rules["batch"]
+    return tuple(a for a in ((axes,) if isinstance(axes, str) else axes)
+                 if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def _batch_spec(axes: tuple[str, ...], ndim: int) -> P:
+    first = None if not axes else (axes[0] if len(axes) == 1 else axes)
+    return P(first, *([None] * (ndim - 1)))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict = DEFAULT_RULES) -> NamedSharding:
     """(B, L, ...) arrays split over the batch axes."""
-    axes = rules["batch"]
-    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if mesh.shape[a] > 1)
-    first = None if not axes else (axes[0] if len(axes) == 1 else axes)
-    return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, _batch_spec(_batch_axes(mesh, rules), ndim))
 
 
 def constrain_batch(x: jax.Array, rules: dict = DEFAULT_RULES) -> jax.Array:
@@ -87,12 +98,7 @@ def constrain_batch(x: jax.Array, rules: dict = DEFAULT_RULES) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    axes = rules["batch"]
-    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes)
-                 if a in mesh.axis_names and mesh.shape[a] > 1)
-    n = 1
-    for a in axes:
-        n *= mesh.shape[a]
-    if not axes or x.shape[0] % n:
+    axes = _batch_axes(mesh, rules)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
         return x
-    return jax.lax.with_sharding_constraint(x, P(axes if len(axes) > 1 else axes[0], *([None] * (x.ndim - 1))))
+    return jax.lax.with_sharding_constraint(x, _batch_spec(axes, x.ndim))
