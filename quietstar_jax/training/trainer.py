@@ -215,8 +215,8 @@ def show_thoughts(params, setup: Setup, tok, batch_row: dict, key, positions=(8,
 def maybe_initialize_distributed(mode: str) -> None:
     if mode == "off":
         return
-    # Multi-host signals: an explicit coordinator, a TPU worker list with several hosts, or a Cloud TPU
-    # VM's metadata-provided accelerator type larger than one host (v4-16 and up). "on" always calls it.
+    # Multi-host signals: an explicit coordinator, a TPU worker list with several hosts, or a multislice
+    # (Megascale) coordinator. "on" always calls it (Cloud TPU slices: configs set distributed="on").
     multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
         or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
     if mode == "on" or multi:
