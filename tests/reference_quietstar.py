@@ -1,7 +1,9 @@
 """Straightforward references for the tests: dense masks over flattened streams, per-position loops.
 
-Nothing here is used by the package. The dense formulation is the reference's own: all K streams of
-a row flattened to K*L tokens, one (KL x KL) boolean mask, ordinary softmax attention.
+Nothing here is used by the package. The dense formulation is the authors' own: all K streams of a
+row flattened to K*L tokens, one (KL x KL) boolean mask, ordinary softmax attention. The loss follows
+the authors' reductions as their code computes them (tests/fixtures/reference_golden/README.md, "Loss
+composition"), written position by position, plus our config alternatives.
 """
 
 import jax
@@ -13,8 +15,9 @@ from quietstar_jax.model.transformer import rms_norm
 
 
 def dense_stream_mask(segment_ids, K, window=1 << 30):
-    """(B, K*L, K*L) bool, index k*L + p. Base keys: causal, same segment, window; stream keys:
-    same position, stream 1..k."""
+    """(B, K*L, K*L) bool, index k*L + p. Base keys: causal, window, key not padding, same segment
+    (a padding query sees every real key before it, as with HF's attention_mask); stream keys: same
+    position, streams 1..k, none for a padding position."""
     seg = np.asarray(segment_ids)
     B, L = seg.shape
     m = np.zeros((B, K * L, K * L), bool)
@@ -23,9 +26,11 @@ def dense_stream_mask(segment_ids, K, window=1 << 30):
             for p in range(L):
                 q = k * L + p
                 for j in range(L):
-                    m[b, q, j] = j <= p and p - j < window and seg[b, j] == seg[b, p]
-                for k2 in range(1, k + 1):
-                    m[b, q, k2 * L + p] = True
+                    m[b, q, j] = (j <= p and p - j < window and seg[b, j] > 0
+                                  and (seg[b, j] == seg[b, p] or seg[b, p] == 0))
+                if seg[b, p] > 0:
+                    for k2 in range(1, k + 1):
+                        m[b, q, k2 * L + p] = True
     return m
 
 
@@ -75,7 +80,14 @@ def logits_ref(params, cfg, h):
 
 
 def reference_loss(params, cfg, qs, batch, thoughts):
-    """The Quiet-STaR loss, written out position by position from the spec with a dense mask."""
+    """The Quiet-STaR loss written out position by position with a dense mask.
+
+    The authors' reductions: NLL = sum over the predictions with a target / their number, over all
+    B*P rows; reward at p (p <= L-2-M) = sum over the talk steps with a target of mix - base log-prob;
+    baseline = mean over the P copies when P > 1; policy: per thought token, sum of -A log p over the
+    rewarded positions / (rows x slice positions), then the mean over the T tokens. The config's
+    alternatives (policy_reduction, policy_denominator, reward_needs_all_targets,
+    mask_thought_logits_in_nll, drop_last_reward_position) are written out the same way."""
     P, N, M = qs.n_passes, qs.n_ahead, qs.n_ahead_talk
     T = N - 3
     tok = np.repeat(np.asarray(batch["tokens"]), P, 0)
@@ -88,56 +100,77 @@ def reference_loss(params, cfg, qs, batch, thoughts):
     for r in range(R):
         for p in range(L):
             col = [tok[r, p], qs.start_id] + list(thoughts[r, p]) + [qs.end_id]
-            col += [tok[r, p + s] if p + s < L else 0 for s in range(1, M)]
+            col += [tok[r, p + s] if p + s < L else qs.pad_id for s in range(1, M)]
             streams[r, :, p] = col
     flat = streams.reshape(R, K * L)
     fpos = (pos[:, None, :] + np.arange(K)[None, :, None]).reshape(R, K * L)
     h = dense_forward(params, cfg, embed_ref(params, qs, flat), jnp.asarray(fpos),
                       jnp.asarray(dense_stream_mask(seg, K))).reshape(R, K, L, -1)
-    logp = lambda z: jax.nn.log_softmax(z, axis=-1)  # noqa: E731
-    base_logp = logp(logits_ref(params, cfg, h[:, 0]))  # (R, L, V)
+    thought_ids = [i for i in (qs.start_id, qs.end_id) if 0 <= i < cfg.vocab_size]
+
+    def logp(z, mask):
+        if mask and thought_ids:
+            z = z.at[..., jnp.asarray(thought_ids)].set(-jnp.inf)
+        return jax.nn.log_softmax(z, axis=-1)
+
+    nll_masked = qs.mask_thought_logits_in_nll
+    base_logp = logp(logits_ref(params, cfg, h[:, 0]), nll_masked)  # (R, L, V)
     head = params["quietstar"]["talk_head"]
 
     def weight(hb, ht):
         z = jnp.concatenate([hb, ht])
         z = jax.nn.relu(head["0"]["weight"] @ z + head["0"]["bias"])
         z = jax.nn.relu(head["2"]["weight"] @ z + head["2"]["bias"])
-        z = head["4"]["weight"] @ z + head["4"]["bias"]
+        z = head["4"]["weight"] @ z + (head["4"]["bias"] if "bias" in head["4"] else 0.0)
         return jax.nn.sigmoid(z[0]) if qs.mixer_bounded else z[0]
 
     def ok(r, p, s):  # target x_{p+s+1} exists in the same segment as x_p
         return p + s + 1 < L and seg[r, p] > 0 and seg[r, p + s + 1] == seg[r, p]
 
-    base_terms = [-base_logp[r, p, tok[r, p + 1]] for r in range(R) for p in range(L) if ok(r, p, 0)]
-    nll_base = sum(base_terms) / len(base_terms)
+    # Every sum below runs over an explicit list of (row, position) pairs chosen by the rules above,
+    # gathered into arrays so that each term is still computed per position, but in one batch.
+    def pairs(cond):
+        rp = np.array([(r, p) for r in range(R) for p in range(L) if cond(r, p)], np.int64).reshape(-1, 2)
+        return rp[:, 0], rp[:, 1]
+
+    ri, pi = pairs(lambda r, p: ok(r, p, 0))
+    nll_base = -jnp.mean(base_logp[ri, pi, tok[ri, pi + 1]])
     nll_mix = 0.0
-    reward = {}
+    reward = jnp.zeros((R, L), h.dtype)
     for s in range(M):
-        terms = []
-        for r in range(R):
-            for p in range(L):
-                if not ok(r, p, s):
-                    continue
-                hb, ht = h[r, 0, p + s], h[r, N - 1 + s, p]
-                w = weight(hb, ht)
-                mix_lp = logp(logits_ref(params, cfg, (1 - w) * hb + w * ht))[tok[r, p + s + 1]]
-                terms.append(-mix_lp)
-                reward[r, p] = reward.get((r, p), 0.0) + jax.lax.stop_gradient(
-                    mix_lp - base_logp[r, p + s, tok[r, p + s + 1]])
-        nll_mix = nll_mix + sum(terms) / len(terms) / M
-    rewarded = [(r, p) for r in range(R) for p in range(L)
-                if ok(r, p, M - 1) and (not qs.drop_last_reward_position or ok(r, p, M))]
-    pg_terms = []
-    for r, p in rewarded:
-        group = [reward[(r // P) * P + i, p] for i in range(P)]
-        a = reward[r, p] - sum(group) / P
-        if qs.clamp_advantage:
-            a = jnp.maximum(a, 0.0)
-        lp = 0.0
-        for j in range(T):
-            lp = lp + logp(logits_ref(params, cfg, h[r, 1 + j, p]) / qs.policy_temperature)[thoughts[r, p, j]]
-        pg_terms.append(-a * lp)
-    pg = sum(pg_terms) / max(len(pg_terms), 1)
+        ri, pi = pairs(lambda r, p: ok(r, p, s))
+        hb, ht = h[ri, 0, pi + s], h[ri, N - 1 + s, pi]  # (n, H)
+        w = jax.vmap(weight)(hb, ht)[:, None]
+        tgt = tok[ri, pi + s + 1]
+        if qs.mixer == "hidden":
+            z = logits_ref(params, cfg, (1 - w) * hb + w * ht)
+        else:
+            z = (1 - w) * logits_ref(params, cfg, hb) + w * logits_ref(params, cfg, ht)
+        mix_lp = logp(z, nll_masked)[jnp.arange(len(ri)), tgt]
+        nll_mix = nll_mix - jnp.mean(mix_lp) / M
+        reward = reward.at[ri, pi].add(jax.lax.stop_gradient(mix_lp - base_logp[ri, pi + s, tgt]))
+    n_slice = L - M - (1 if qs.drop_last_reward_position else 0)
+
+    def rewarded(r, p):
+        if qs.reward_needs_all_targets:
+            return ok(r, p, M - 1) and (not qs.drop_last_reward_position or ok(r, p, M))
+        return p < n_slice and ok(r, p, 0)
+
+    keep = np.array([[rewarded(r, p) for p in range(L)] for r in range(R)])
+    reward = jnp.where(keep, reward, 0.0)
+    adv = reward
+    if P > 1:  # minus the mean over the P thoughts of the same example and position
+        adv = reward - jnp.repeat(reward.reshape(R // P, P, L).mean(axis=1), P, axis=0)
+    if qs.clamp_advantage:
+        adv = jnp.maximum(adv, 0.0)
+    ri, pi = pairs(rewarded)
+    denom = R * n_slice if qs.policy_denominator == "all" else max(len(ri), 1)
+    token_losses = []
+    for j in range(T):  # thought token j was sampled from the hidden state of stream j + 1
+        z = logits_ref(params, cfg, h[ri, 1 + j, pi]) / qs.policy_temperature
+        lp = logp(z, True)[jnp.arange(len(ri)), thoughts[ri, pi, j]]
+        token_losses.append(jnp.sum(-adv[ri, pi] * lp) / denom)
+    pg = sum(token_losses) / (T if qs.policy_reduction == "mean" else 1) if T else 0.0
     return qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix + qs.policy_weight * pg
 
 

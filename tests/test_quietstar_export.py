@@ -29,18 +29,20 @@ V = 211
 SMOLLM2 = os.path.expanduser(os.path.join(os.environ.get("QUIETSTAR_CACHE", "~/.cache/quietstar_jax"),
                                           "smollm2-135m-instruct"))
 IDS = {"outside": (V, V + 1), "inside": (V - 2, V - 1), "gap_reversed": (V + 3, V + 1)}
-VARIANTS = [(True, "outside"), (True, "inside"), (False, "outside"), (False, "inside"), (False, "gap_reversed")]
+VARIANTS = [(True, "outside"), (True, "inside"), (False, "outside"), (False, "inside"), (False, "gap_reversed"),
+            (False, "last_bias")]
 VARIANT_IDS = [f"{'tied' if t else 'untied'}-{m}" for t, m in VARIANTS]
 
 
-def make(tied: bool, mode: str = "outside", vocab: int = V, hidden: int = 32, layers: int = 2, seed: int = 0):
+def make(tied: bool, mode: str = "outside", vocab: int = V, hidden: int = 32, layers: int = 2, seed: int = 0,
+         last_bias: bool = False):
     """Tiny random model with non-trivial norms/biases and a live (non-zero) mixing head."""
     cfg = ModelConfig(model_type="llama" if tied else "qwen2", vocab_size=vocab, hidden_size=hidden,
                       intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=hidden // 4, rms_norm_eps=1e-5, tie_word_embeddings=tied,
                       qkv_bias=not tied, max_position_embeddings=64)
     start, end = IDS[mode] if vocab == V else (vocab, vocab + 1)
-    qs = QuietStarConfig(n_ahead=4, n_ahead_talk=2, start_id=start, end_id=end)
+    qs = QuietStarConfig(n_ahead=4, n_ahead_talk=2, start_id=start, end_id=end, mixing_head_last_bias=last_bias)
     rng = np.random.RandomState(seed)
 
     def init(path, sd):  # numpy (no compilation): N(0, 0.02) matrices, norms ~1, biases ~0.1
@@ -54,7 +56,9 @@ def make(tied: bool, mode: str = "outside", vocab: int = V, hidden: int = 32, la
         "thought_embeddings": (0.01 * rng.randn(2, H)).astype(np.float32),  # start != end
         "talk_head": {"0": {"weight": init((), np.zeros((H, 2 * H))), "bias": 0.1 * init((), np.zeros(H))},
                       "2": {"weight": init((), np.zeros((H, H))), "bias": 0.1 * init((), np.zeros(H))},
-                      "4": {"weight": 10 * init((), np.zeros((1, H))), "bias": np.full((1,), 0.2, np.float32)}}}
+                      "4": {"weight": 10 * init((), np.zeros((1, H)))}}}
+    if last_bias:
+        params["quietstar"]["talk_head"]["4"]["bias"] = np.full((1,), 0.2, np.float32)
     return cfg, params, qs
 
 
@@ -104,7 +108,8 @@ def assert_trees_bit_equal(a, b):
 def test_round_trip_is_bit_exact(tmp_path, tied, mode):
     from safetensors.numpy import load_file
 
-    cfg, params, qs = make(tied, mode)
+    last_bias = mode == "last_bias"
+    cfg, params, qs = make(tied, "outside" if last_bias else mode, last_bias=last_bias)
     sharded = mode == "gap_reversed"  # also covers a multi-shard backbone (save_hf_folder writes the index)
     out = save_quietstar_hf(str(tmp_path / "out"), cfg, params, qs, dtype="float32", base_config={"foo": 1},
                             max_shard_bytes=20_000 if sharded else 2**30)
@@ -119,6 +124,8 @@ def test_round_trip_is_bit_exact(tmp_path, tied, mode):
     assert meta["quietstar"]["start_id"] == qs.start_id and meta["quietstar"]["n_ahead"] == 4
     side = load_file(os.path.join(out, SIDECAR_NAME))
     expected = {f"talk_head.0.{i}.{k}" for i in (0, 2, 4) for k in ("weight", "bias")} | {"thought_embeddings"}
+    if not last_bias:  # the authors' layout: no bias on the last layer
+        expected -= {"talk_head.0.4.bias"}
     if mode == "inside":
         expected |= {"original_rows.model.embed_tokens.weight"} | (set() if tied else {"original_rows.lm_head.weight"})
     assert set(side) == expected
@@ -339,10 +346,23 @@ def test_sidecar_missing_and_unexpected_tensors_are_named(export):
         load_quietstar_hf(export)
 
 
-def test_reference_layout_without_last_bias_loads(export):
-    _rewrite_sidecar(export, lambda t: t.pop("talk_head.0.4.bias"))
-    _, params, _, _ = load_quietstar_hf(export)
-    np.testing.assert_array_equal(params["quietstar"]["talk_head"]["4"]["bias"], np.zeros(1, np.float32))
+def test_export_from_before_the_last_bias_field_keeps_its_bias(export):
+    """Exports written before QuietStarConfig.mixing_head_last_bias existed always carry the bias: the
+    loader turns the field on, so the exported function is unchanged."""
+    path = os.path.join(export, CONFIG_NAME)
+    meta = json.load(open(path))
+    del meta["quietstar"]["mixing_head_last_bias"]
+    json.dump(meta, open(path, "w"))
+    _rewrite_sidecar(export, lambda t: t.update({"talk_head.0.4.bias": np.full((1,), 0.3, np.float32)}))
+    _, params, qs, _ = load_quietstar_hf(export)
+    assert qs.mixing_head_last_bias
+    np.testing.assert_array_equal(params["quietstar"]["talk_head"]["4"]["bias"], np.full(1, 0.3, np.float32))
+
+
+def test_last_bias_disagreeing_with_the_config_is_named(export):
+    _rewrite_sidecar(export, lambda t: t.update({"talk_head.0.4.bias": np.zeros((1,), np.float32)}))
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected tensors: talk_head\.0\.4\.bias"):
+        load_quietstar_hf(export)
 
 
 def test_backbone_mismatches_are_named(export):

@@ -9,7 +9,7 @@ Folder layout (a standard HF folder; stock ``AutoModelForCausalLM.from_pretraine
     quietstar.safetensors                          sidecar (always float32, exact):
         talk_head.0.0.weight (H, 2H)   talk_head.0.0.bias (H,)     names of the reference's
         talk_head.0.2.weight (H, H)    talk_head.0.2.bias (H,)     nn.Sequential talk_head.0.{0,2,4}
-        talk_head.0.4.weight (1, H)    talk_head.0.4.bias (1,)
+        talk_head.0.4.weight (1, H)    [talk_head.0.4.bias (1,)   only with mixing_head_last_bias]
         thought_embeddings (2, H)      raw: [start; end], stored / embedding_scale (as in our params)
         original_rows.model.embed_tokens.weight (n, H)   only if thought ids are inside the table:
         original_rows.lm_head.weight (n, H)              the rows the export overwrote (untied only)
@@ -39,8 +39,10 @@ Vocabulary rows
   the full vocab differ from ours exactly in those columns. Untying on export would fix this at the
   cost of a second V x H matrix and a different architecture, so we don't.
 
-The reference's last talk-head layer has no bias (``nn.Linear(H, 1, bias=False)``); ours does. The
-export always writes ``talk_head.0.4.bias``; the loader accepts a sidecar without it (bias = 0).
+The authors' last talk-head layer has no bias (``nn.Linear(H, 1, bias=False)``), nor has ours by
+default; ``talk_head.0.4.bias`` is written iff ``QuietStarConfig.mixing_head_last_bias``. Exports
+written before that field existed always carry the bias: the loader then sets the field from the
+sidecar, so the exported function is kept.
 
 Every process must call ``save_quietstar_hf`` (gathering sharded arrays is collective); process 0
 writes. The folder appears atomically (the sidecar files ride along with ``save_hf_folder``).
@@ -103,14 +105,20 @@ def quietstar_config_from_dict(d: dict, source: str = "quietstar config") -> Qui
 # ----------------------------------------------------------------------------- helpers
 
 
-def _head_spec(H: int) -> dict[str, tuple[int, ...]]:
-    """{sidecar name: shape} of the mixing head, reference names."""
-    return {"talk_head.0.0.weight": (H, 2 * H), "talk_head.0.0.bias": (H,),
+LAST_BIAS = "talk_head.0.4.bias"
+
+
+def _head_spec(H: int, last_bias: bool) -> dict[str, tuple[int, ...]]:
+    """{sidecar name: shape} of the mixing head, the authors' names."""
+    spec = {"talk_head.0.0.weight": (H, 2 * H), "talk_head.0.0.bias": (H,),
             "talk_head.0.2.weight": (H, H), "talk_head.0.2.bias": (H,),
-            "talk_head.0.4.weight": (1, H), "talk_head.0.4.bias": (1,)}
+            "talk_head.0.4.weight": (1, H)}
+    if last_bias:
+        spec[LAST_BIAS] = (1,)
+    return spec
 
 
-def _check_quietstar_params(cfg: ModelConfig, params: dict) -> None:
+def _check_quietstar_params(cfg: ModelConfig, params: dict, qs: QuietStarConfig) -> None:
     H = cfg.hidden_size
     if "quietstar" not in params:
         raise ValueError('params has no "quietstar" subtree (thought embeddings + talk head); use '
@@ -127,7 +135,7 @@ def _check_quietstar_params(cfg: ModelConfig, params: dict) -> None:
         got = sorted(head) if isinstance(head, dict) else type(head).__name__
         problems.append(f'params["quietstar"]["talk_head"] must have layers {list(HEAD_LAYERS)}, got {got}')
     else:
-        for name, shape in _head_spec(H).items():
+        for name, shape in _head_spec(H, qs.mixing_head_last_bias).items():
             layer, kind = name.split(".")[2], name.split(".")[3]
             leaf = head[layer].get(kind) if isinstance(head[layer], dict) else None
             path = f'params["quietstar"]["talk_head"]["{layer}"]["{kind}"]'
@@ -135,6 +143,9 @@ def _check_quietstar_params(cfg: ModelConfig, params: dict) -> None:
                 problems.append(f"{path} is missing")
             elif tuple(leaf.shape) != shape:
                 problems.append(f"{path} has shape {tuple(leaf.shape)}, expected {shape} (hidden_size {H})")
+        if not qs.mixing_head_last_bias and isinstance(head.get("4"), dict) and "bias" in head["4"]:
+            problems.append('params["quietstar"]["talk_head"]["4"]["bias"] exists but the QuietStarConfig has '
+                            'mixing_head_last_bias=False')
     if problems:
         raise ValueError("cannot export Quiet-STaR params: " + "; ".join(problems))
 
@@ -210,7 +221,7 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
     if dtype not in DTYPES:
         raise ValueError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
     _check_ids(qs)
-    _check_quietstar_params(cfg, params)
+    _check_quietstar_params(cfg, params, qs)
     V0, H = cfg.vocab_size, cfg.hidden_size
     ids = [qs.start_id, qs.end_id]
     V1 = max(V0, max(ids) + 1)
@@ -242,7 +253,7 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
         return folder
 
     sidecar = {"thought_embeddings": side_host["thought_embeddings"]}
-    for name in _head_spec(H):
+    for name in _head_spec(H, qs.mixing_head_last_bias):
         layer, kind = name.split(".")[2], name.split(".")[3]
         sidecar[name] = side_host["head"][layer][kind]
     sidecar.update(side_host["orig"])
@@ -323,15 +334,14 @@ def _read_meta(folder: str) -> dict:
     return meta
 
 
-def _check_sidecar(path: str, tensors: dict, H: int, inside: list[int], tied: bool) -> None:
-    expected = dict(_head_spec(H))
+def _check_sidecar(path: str, tensors: dict, H: int, inside: list[int], tied: bool, last_bias: bool) -> None:
+    expected = dict(_head_spec(H, last_bias))
     expected["thought_embeddings"] = (2, H)
     if inside:
         expected[EMBED_ROWS] = (len(inside), H)
         if not tied:
             expected[HEAD_ROWS] = (len(inside), H)
-    optional = {"talk_head.0.4.bias"}  # the reference's last layer has no bias
-    missing = sorted(n for n in expected if n not in tensors and n not in optional)
+    missing = sorted(n for n in expected if n not in tensors)
     extra = sorted(n for n in tensors if n not in expected)
     bad = [f"{n}: sidecar has {tuple(tensors[n].shape)}, expected {expected[n]}"
            for n in sorted(expected) if n in tensors and tuple(tensors[n].shape) != expected[n]]
@@ -390,7 +400,9 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
 
     side = load_file(side_path)
     H = cfg1.hidden_size
-    _check_sidecar(side_path, side, H, inside, cfg1.tie_word_embeddings)
+    if "mixing_head_last_bias" not in meta["quietstar"]:  # written before the field existed
+        qs = qs.replace(mixing_head_last_bias=LAST_BIAS in side)
+    _check_sidecar(side_path, side, H, inside, cfg1.tie_word_embeddings, qs.mixing_head_last_bias)
     side = {k: np.asarray(v, np.float32) for k, v in side.items()}
     te = side["thought_embeddings"]
 
@@ -410,10 +422,9 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
             head[inside] = side[HEAD_ROWS]
         params["lm_head"]["weight"] = head
     talk = {}
-    for name in _head_spec(H):
+    for name in _head_spec(H, qs.mixing_head_last_bias):
         layer, kind = name.split(".")[2], name.split(".")[3]
-        default = np.zeros((1,), np.float32) if name == "talk_head.0.4.bias" else None
-        talk.setdefault(layer, {})[kind] = side.get(name, default)
+        talk.setdefault(layer, {})[kind] = side[name]
     params["quietstar"] = {"thought_embeddings": te, "talk_head": talk}
     raw = dict(raw)
     raw["vocab_size"] = V0

@@ -25,8 +25,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-# Finite "minus infinity": a fully masked row can never occur (the base diagonal j = p is always
-# visible), but a finite value keeps gradients NaN-free under any masking.
+from quietstar_jax.model.numerics import acc_dtype
+
+# Finite "minus infinity": keeps rows finite (and gradients NaN-free) even when a query sees no key at
+# all (a padding query before the first real token).
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -36,8 +38,10 @@ class StreamMask:
     """Structured attention mask: who sees whom, without materialising a dense mask.
 
     segment_ids: (B, L) int32. A base key is visible only to queries of the same segment. Use 1 for
-        every real token of a single document, distinct ids for packed documents, 0 for padding
-        (padding sees padding only, so its rows stay finite; its outputs are masked in the losses).
+        every real token of a single document, distinct ids for packed documents, 0 for padding.
+        Padding follows HF's attention_mask (and the authors' Quiet-STaR code): a padding key is seen by
+        nobody; a padding query sees the real keys up to its position and no stream keys. Padding
+        outputs never enter a loss; the rule only makes them equal the authors' hidden states.
     q_streams: (Kq,) int32 stream index of each query stream (0 = base text).
     kv_streams: (Kd,) int32 stream index of each diagonal key slot. A slot is visible to a query of
         stream k iff 1 <= slot stream <= k, so unused cache slots can be parked at a large index.
@@ -59,18 +63,22 @@ class StreamMask:
         return cls(segment_ids, ids, ids[1:])
 
     def base_visible(self, window) -> jax.Array:
-        """(B, L, L) bool: query position p may see base key j (causal, same segment, in window)."""
+        """(B, L, L) bool: query position p may see base key j (causal, in window, key not padding,
+        same segment unless the query is padding)."""
         L = self.segment_ids.shape[-1]
         p = jnp.arange(L)[:, None]
         j = jnp.arange(L)[None, :]
         ok = (j <= p) & (p - j < window)
-        same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
-        return ok[None] & same
+        sq, sk = self.segment_ids[:, :, None], self.segment_ids[:, None, :]
+        return ok[None] & (sk > 0) & ((sq == sk) | (sq == 0))
 
     def diag_visible(self) -> jax.Array:
-        """(Kq, Kd) bool: query stream k may see diagonal slot s."""
+        """(B, Kq, L, Kd) bool: the query of stream k at position p may see diagonal slot s (its own
+        position's streams 1..k; none for a padding position)."""
         s = self.kv_streams[None, :]
-        return (s >= 1) & (s <= self.q_streams[:, None])
+        streams = (s >= 1) & (s <= self.q_streams[:, None])  # (Kq, Kd)
+        real = self.segment_ids > 0  # (B, L)
+        return streams[None, :, None, :] & real[:, None, :, None]
 
 
 def stream_attention(q, k_base, v_base, k_diag, v_diag, mask: StreamMask, window, scale: float):
@@ -84,10 +92,10 @@ def stream_attention(q, k_base, v_base, k_diag, v_diag, mask: StreamMask, window
     Hkv = k_base.shape[2]
     G = Hq // Hkv
     qg = q.reshape(B, Kq, L, Hkv, G, D)
-    s_base = jnp.einsum("bklhgd,bmhd->bkhglm", qg, k_base, preferred_element_type=jnp.float32)
-    s_diag = jnp.einsum("bklhgd,bjlhd->bkhglj", qg, k_diag, preferred_element_type=jnp.float32)
+    s_base = jnp.einsum("bklhgd,bmhd->bkhglm", qg, k_base, preferred_element_type=acc_dtype(q.dtype))
+    s_diag = jnp.einsum("bklhgd,bjlhd->bkhglj", qg, k_diag, preferred_element_type=acc_dtype(q.dtype))
     base_ok = mask.base_visible(window)[:, None, None, None]  # (B, 1, 1, 1, L, L)
-    diag_ok = mask.diag_visible()[None, :, None, None, None, :]  # (1, Kq, 1, 1, 1, Kd)
+    diag_ok = mask.diag_visible()[:, :, None, None]  # (B, Kq, 1, 1, L, Kd)
     s_base = jnp.where(base_ok, s_base * scale, MASK_VALUE)
     s_diag = jnp.where(diag_ok, s_diag * scale, MASK_VALUE)
     probs = jax.nn.softmax(jnp.concatenate([s_base, s_diag], axis=-1), axis=-1).astype(q.dtype)
@@ -109,11 +117,11 @@ def dense_stream_attention(q, k_base, v_base, k_diag, v_diag, mask: StreamMask, 
     vals = jnp.concatenate([v_base, v_diag.reshape(B, Kd * L, Hkv, D)], axis=1)
     base = jnp.broadcast_to(mask.base_visible(window)[:, None], (B, Kq, L, L))
     same_pos = jnp.eye(L, dtype=bool)[:, None, :]  # (L, 1, L)
-    diag = mask.diag_visible()[:, None, :, None] & same_pos[None]  # (Kq, L, Kd, L)
-    full = jnp.concatenate([base, jnp.broadcast_to(diag.reshape(1, Kq, L, Kd * L), (B, Kq, L, Kd * L))], -1)
+    diag = mask.diag_visible()[..., None] & same_pos[None, None]  # (B, Kq, L, Kd, L)
+    full = jnp.concatenate([base, diag.reshape(B, Kq, L, Kd * L)], -1)
     full = full.reshape(B, 1, 1, Kq * L, L + Kd * L)
     qg = q.reshape(B, Kq * L, Hkv, G, D)
-    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, keys, preferred_element_type=jnp.float32) * scale
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, keys, preferred_element_type=acc_dtype(q.dtype)) * scale
     probs = jax.nn.softmax(jnp.where(full, s, MASK_VALUE), axis=-1).astype(q.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, vals)
     return out.reshape(B, Kq, L, Hq, D)

@@ -80,7 +80,7 @@ class ModelConfig:
              f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
         need(self.attention_impl in ("stream", "dense"),
              f"attention_impl {self.attention_impl!r} not in ('stream', 'dense')")
-        need(self.dtype in ("float32", "bfloat16", "float16"), f"dtype {self.dtype!r} unsupported")
+        need(self.dtype in ("float32", "bfloat16", "float16", "float64"), f"dtype {self.dtype!r} unsupported")
         need(self.param_dtype in ("float32", "bfloat16"), f"param_dtype {self.param_dtype!r} unsupported")
         rope = dict(self.rope_scaling)
         rtype = rope.get("rope_type", "default")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.transformer import head_weight
 from quietstar_jax.sharding.rules import constrain_batch
 
@@ -67,7 +68,7 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def _logits(h, w, masked_ids, inv_temp):
     """h (N, H), w (V, H) -> float32 (N, V): masked ids at -inf, divided by the temperature."""
-    z = constrain_batch(jnp.einsum("nh,vh->nv", h, w, preferred_element_type=jnp.float32))
+    z = constrain_batch(jnp.einsum("nh,vh->nv", h, w, preferred_element_type=acc_dtype(h.dtype)))
     if masked_ids:
         z = z.at[:, jnp.asarray(masked_ids, jnp.int32)].set(-jnp.inf)
     return z * inv_temp if inv_temp != 1.0 else z
@@ -87,9 +88,9 @@ def _head_logprobs(h, w, targets, masked_ids, inv_temp):
 def _head_bwd(masked_ids, inv_temp, res, g):
     h, w, z, lse, targets = res
     dz = constrain_batch(_dlogits(z, lse, targets, g * inv_temp)).astype(h.dtype)
-    dh = jnp.einsum("nv,vh->nh", dz, w, preferred_element_type=jnp.float32).astype(h.dtype)
+    dh = jnp.einsum("nv,vh->nh", dz, w, preferred_element_type=acc_dtype(h.dtype)).astype(h.dtype)
     # hidden^T @ dz reads dz row-major (no transpose of the (N, V) array), then a (H, V) transpose.
-    dw = jnp.einsum("nh,nv->hv", h, dz, preferred_element_type=jnp.float32).T.astype(w.dtype)
+    dw = jnp.einsum("nh,nv->hv", h, dz, preferred_element_type=acc_dtype(h.dtype)).T.astype(w.dtype)
     return dh, dw, None
 
 

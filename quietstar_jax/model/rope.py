@@ -12,12 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.numerics import acc_dtype
 
 
-def inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """(D/2,) float32 inverse frequencies, including HF's 'linear' and 'llama3' scaling."""
+def inverse_frequencies(cfg: ModelConfig, dtype=np.float32) -> np.ndarray:
+    """(D/2,) inverse frequencies, including HF's 'linear' and 'llama3' scaling.
+
+    dtype float32 reproduces HF's float32 table bit for bit; float64 evaluates the same formulas in
+    float64 (float64 compute)."""
     D = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, D, 2, dtype=np.int64).astype(np.float32) / D))
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, D, 2, dtype=np.int64).astype(dtype) / D))
     rope = dict(cfg.rope_scaling)
     rtype = rope.get("rope_type", "default")
     if rtype == "linear":
@@ -31,12 +35,14 @@ def inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         medium = ~(wavelen < old_len / hi) & ~(wavelen > old_len / lo)
         inv = np.where(medium, smoothed, scaled)
-    return inv.astype(np.float32)
+    return inv.astype(dtype)
 
 
 def rope_cos_sin(cfg: ModelConfig, positions: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """positions (...,) int -> cos, sin (..., D) float32."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inverse_frequencies(cfg))
+    """positions (...,) int -> cos, sin (..., D) in float32 (float64 for float64 compute), like HF's
+    float32 tables."""
+    dt = acc_dtype(cfg.dtype)
+    freqs = positions.astype(dt)[..., None] * jnp.asarray(inverse_frequencies(cfg, np.dtype(dt)))
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 

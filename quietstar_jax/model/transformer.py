@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.rope import apply_rope, rope_cos_sin
 from quietstar_jax.sharding.rules import constrain_batch
 
@@ -52,8 +53,9 @@ class KVCache:
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """HF LlamaRMSNorm: normalise in float32, cast back, then scale in the input dtype."""
-    xf = x.astype(jnp.float32)
+    """HF LlamaRMSNorm: normalise in float32 (float64 for float64 inputs), cast back, then scale in the
+    input dtype."""
+    xf = x.astype(acc_dtype(x.dtype))
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return weight.astype(x.dtype) * xf.astype(x.dtype)
 
@@ -79,10 +81,11 @@ def head_weight(params: dict, cfg: ModelConfig) -> jax.Array:
 
 
 def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
-    """Final hidden states (..., H) -> logits (..., V) in float32 (lm_head or tied embeddings)."""
+    """Final hidden states (..., H) -> logits (..., V) in float32 (lm_head or tied embeddings; float64
+    for float64 hidden states)."""
     w = head_weight(params, cfg).astype(hidden.dtype)
     return constrain_batch(jnp.einsum("...h,vh->...v", constrain_batch(hidden), w,
-                                      preferred_element_type=jnp.float32))
+                                      preferred_element_type=acc_dtype(hidden.dtype)))
 
 
 def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot):

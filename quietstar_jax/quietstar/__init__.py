@@ -13,11 +13,11 @@ from quietstar_jax.quietstar.tokens import add_thought_tokens, init_thought_embe
 def init_quietstar_params(params: dict, cfg: ModelConfig, qs: QuietStarConfig, key, init_ids) -> dict:
     """params["quietstar"] = {"thought_embeddings": (2, H), "talk_head": mixing head}."""
     return {"thought_embeddings": init_thought_embeddings(params, qs, init_ids),
-            "talk_head": init_mixing_head(key, cfg.hidden_size)}
+            "talk_head": init_mixing_head(key, cfg.hidden_size, qs, cfg.initializer_range)}
 
 
-def quietstar_param_axes() -> dict:
-    return {"thought_embeddings": ("norm", "embed"), "talk_head": mixing_head_axes()}
+def quietstar_param_axes(qs: QuietStarConfig) -> dict:
+    return {"thought_embeddings": ("norm", "embed"), "talk_head": mixing_head_axes(qs)}
 
 
 __all__ = ["QuietStarConfig", "quietstar_loss", "sample_thoughts", "add_thought_tokens",

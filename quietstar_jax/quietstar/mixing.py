@@ -3,9 +3,10 @@
     w = MLP([h_base ; h_thought])            2H -> H -> ReLU -> H -> ReLU -> 1 (last layer zero-init)
     h_mix = (1 - w) * h_base + w * h_thought   (then lm_head)
 
-Unbounded by default (reference), so w = 0 and every reward is exactly 0 at initialisation;
-`mixer_bounded` applies a sigmoid. Parameter names follow the reference's talk_head.0.{0,2,4}
-(nn.Sequential indices), torch (out, in) layout.
+Unbounded by default (authors), so w = 0 and every reward is exactly 0 at initialisation;
+`mixer_bounded` applies a sigmoid. Parameter names follow the authors' talk_head.0.{0,2,4}
+(nn.Sequential indices), torch (out, in) layout. The authors' last layer has no bias
+(`mixing_head_last_bias` adds one).
 """
 
 from __future__ import annotations
@@ -13,36 +14,46 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.quietstar.config import QuietStarConfig
 
 
-def init_mixing_head(key: jax.Array, hidden_size: int) -> dict:
-    """torch nn.Linear default init (U(+-1/sqrt(fan_in))) for the hidden layers, zeros for the last."""
+def init_mixing_head(key: jax.Array, hidden_size: int, qs: QuietStarConfig, std: float = 0.02) -> dict:
+    """Hidden layers: N(0, std) weights and zero biases (qs.mixing_head_init "normal": the authors'
+    HF _init_weights with std = the model's initializer_range) or torch nn.Linear's default
+    U(+-1/sqrt(fan_in)) ("uniform"). Last layer: zeros (the authors zero it before training)."""
     H = hidden_size
     k0, k1, k2, k3 = jax.random.split(key, 4)
 
-    def uniform(k, shape, fan_in):
-        b = 1.0 / (fan_in ** 0.5)
-        return jax.random.uniform(k, shape, jnp.float32, -b, b)
+    def hidden_layer(kw, kb, shape):
+        if qs.mixing_head_init == "normal":
+            return {"weight": std * jax.random.normal(kw, shape, jnp.float32), "bias": jnp.zeros(shape[:1], jnp.float32)}
+        b = 1.0 / (shape[1] ** 0.5)
+        return {"weight": jax.random.uniform(kw, shape, jnp.float32, -b, b),
+                "bias": jax.random.uniform(kb, shape[:1], jnp.float32, -b, b)}
 
-    return {
-        "0": {"weight": uniform(k0, (H, 2 * H), 2 * H), "bias": uniform(k1, (H,), 2 * H)},
-        "2": {"weight": uniform(k2, (H, H), H), "bias": uniform(k3, (H,), H)},
-        "4": {"weight": jnp.zeros((1, H), jnp.float32), "bias": jnp.zeros((1,), jnp.float32)},
-    }
+    last = {"weight": jnp.zeros((1, H), jnp.float32)}
+    if qs.mixing_head_last_bias:
+        last["bias"] = jnp.zeros((1,), jnp.float32)
+    return {"0": hidden_layer(k0, k1, (H, 2 * H)), "2": hidden_layer(k2, k3, (H, H)), "4": last}
 
 
-def mixing_head_axes() -> dict:
+def mixing_head_axes(qs: QuietStarConfig) -> dict:
+    last = {"weight": ("norm", "embed")}
+    if qs.mixing_head_last_bias:
+        last["bias"] = ("norm",)
     return {"0": {"weight": ("embed", "embed2"), "bias": ("embed",)},
             "2": {"weight": ("embed", "embed2"), "bias": ("embed",)},
-            "4": {"weight": ("norm", "embed"), "bias": ("norm",)}}
+            "4": last}
 
 
 def mixing_weight(head: dict, qs: QuietStarConfig, h_base: jax.Array, h_thought: jax.Array) -> jax.Array:
-    """h_base, h_thought (..., H) -> w (..., 1) in float32."""
-    x = jnp.concatenate([h_base, h_thought], axis=-1).astype(jnp.float32)
+    """h_base, h_thought (..., H) -> w (..., 1) in float32 (float64 for float64 inputs)."""
+    x = jnp.concatenate([h_base, h_thought], axis=-1).astype(acc_dtype(h_base.dtype))
     for name, act in (("0", True), ("2", True), ("4", False)):
-        x = x @ head[name]["weight"].T + head[name]["bias"]
+        x = x @ head[name]["weight"].T.astype(x.dtype)
+        if "bias" in head[name]:
+            x = x + head[name]["bias"].astype(x.dtype)
         if act:
             x = jax.nn.relu(x)
     return jax.nn.sigmoid(x) if qs.mixer_bounded else x

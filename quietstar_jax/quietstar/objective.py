@@ -1,12 +1,20 @@
 """The Quiet-STaR objective: teacher-forced NLL of the mixed predictions plus REINFORCE on thoughts.
 
-    L = base_w * NLL_base + mix_w * (1/M) sum_s NLL_mix(s) + policy_weight * L_policy
-    R(p, thought)  = sum_{s<M} [log p_mix(x_{p+s+1}) - log p_base(x_{p+s+1})]          (detached)
-    A              = R - mean over the P thoughts of the same position; clamp(A, 0) by default
-    L_policy       = -mean_p A * sum_j log softmax(logits_j / policy_temperature)[t_j]
+With the authors' reductions (every one checked against their float64 numbers, tests/test_golden.py):
 
-All log-probs, softmaxes and losses are float32. Shapes: B examples, P thoughts each, R = B * P rows
-(the P copies of an example are adjacent), L positions, V vocab, T = N - 3 thought tokens.
+    L        = base_w * NLL_base + mix_w * (1/M) sum_s NLL_mix(s) + policy_weight * L_policy
+    NLL_*    = sum of -log p over the predictions that have a target / their number, all R rows
+    R(p)     = sum_{s<M, target exists} [log p_mix(x_{p+s+1}) - log p_base(x_{p+s+1})]  (detached),
+               for the positions of layout.reward_valid, 0 elsewhere
+    A        = R - mean of R over the P thoughts of that position (P > 1; P = 1: A = R), then
+               clamp(A, 0) (clamp_advantage)
+    L_i      = sum_{r,p} -A * log softmax(lm_head(h_i) / policy_temperature)[t_i] / denominator
+               denominator = R rows x the positions of the reward slice (policy_denominator "all")
+    L_policy = mean over the T thought tokens of L_i (policy_reduction "mean")
+
+Log-probs, softmaxes and losses are float32 (float64 for float64 compute). Shapes: B examples, P
+thoughts each, R = B * P rows (the P copies of an example are adjacent), L positions, V vocab, K
+streams, T = N - 3 thought tokens.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import jax.numpy as jnp
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.head import head_token_logprobs, token_logprobs
+from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
@@ -26,31 +35,37 @@ from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_log
 
 
 def masked_mean(x, mask):
-    mask = mask.astype(jnp.float32)
+    """sum(x over mask) / number of mask entries (1 if none)."""
+    mask = mask.astype(x.dtype)
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0):
-    """log softmax(mask(lm_head(hidden)) / temperature)[targets]: hidden (..., H) -> (...) float32."""
-    return head_token_logprobs(params, cfg, hidden, targets, temperature,
-                               thought_ids_in_vocab(qs, cfg.vocab_size))
-
-
-def policy_loss(logits, thoughts, advantages, temperature: float, valid):
-    """REINFORCE surrogate: -mean_p A_p * sum_j log softmax(logits / temperature)[t_j].
-
-    logits (R, L, T, V) that produced thoughts (R, L, T); advantages, valid (R, L). The gradient with
-    respect to the logits is -A (onehot(t) - softmax(logits / temperature)) / temperature.
-    """
-    logp = token_logprobs(logits / temperature, thoughts).sum(-1)
-    return masked_mean(-jax.lax.stop_gradient(advantages) * logp, valid)
+def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0,
+                  mask_thoughts: bool = True):
+    """log softmax(lm_head(hidden) / temperature)[targets]: hidden (..., H) -> (...) float32, with the
+    thought ids' logits at -inf when mask_thoughts (sampling and the policy always; the NLL only with
+    qs.mask_thought_logits_in_nll)."""
+    masked = thought_ids_in_vocab(qs, cfg.vocab_size) if mask_thoughts else ()
+    return head_token_logprobs(params, cfg, hidden, targets, temperature, masked)
 
 
 def advantages(qs: QuietStarConfig, rewards):
-    """rewards (R, L) -> advantages (R, L): minus the mean over the P thoughts of each position."""
-    r = rewards.reshape(-1, qs.n_passes, rewards.shape[-1])
-    a = (r - r.mean(axis=1, keepdims=True)).reshape(rewards.shape)
-    return jnp.maximum(a, 0.0) if qs.clamp_advantage else a
+    """rewards (R, L) -> (baselined, advantages), each (R, L).
+
+    baselined = R - the mean over the P thoughts of the same position when P > 1 (the authors use no
+    baseline at all when P = 1); advantages = clamp(baselined, 0) if clamp_advantage."""
+    if qs.n_passes > 1:
+        r = rewards.reshape(-1, qs.n_passes, rewards.shape[-1])
+        rewards = (r - r.mean(axis=1, keepdims=True)).reshape(rewards.shape)
+    return rewards, (jnp.maximum(rewards, 0.0) if qs.clamp_advantage else rewards)
+
+
+def policy_denominator(qs: QuietStarConfig, segment_ids):
+    """The number each thought token's summed policy loss is divided by (a float scalar)."""
+    if qs.policy_denominator == "all":
+        R, L = segment_ids.shape
+        return jnp.float32(R) * jnp.sum(layout.reward_slice(qs, L)).astype(jnp.float32)
+    return jnp.maximum(jnp.sum(layout.reward_valid(qs, segment_ids)), 1).astype(jnp.float32)
 
 
 def plain_lm_loss(params, cfg: ModelConfig, batch):
@@ -63,15 +78,16 @@ def plain_lm_loss(params, cfg: ModelConfig, batch):
     return nll, {"loss": nll, "nll_base": nll}
 
 
-def _policy_loss_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv, valid):
-    """policy_loss for P = 2 with clamped advantages, computing vocabulary logits for half the rows.
+def _policy_logp_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv):
+    """sum_{r,p} A * sum_i log p_i for P = 2 with clamped advantages, computing vocabulary logits for
+    half the rows.
 
     With two thoughts per position the advantages are +-(R1 - R2) / 2, so after clamping at most one
     thought per position (the better one) has A > 0 and the other contributes exactly zero loss and
     zero gradient. Only the better thought's policy logits are computed: (B, T, L, V) instead of
     (2B, T, L, V), which halves the largest vocabulary-sized work of the step. Same value and gradient
-    as policy_loss over all rows.
-    hidden (R, K, L, H), thoughts (R, L, T), adv / valid (R, L); R = 2B, copies adjacent.
+    as the sum over all rows.
+    hidden (R, K, L, H), thoughts (R, L, T), adv (R, L); R = 2B, copies adjacent.
     """
     R, _, L, H = hidden.shape
     T = thoughts.shape[-1]
@@ -83,16 +99,26 @@ def _policy_loss_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, th
     t_w = jnp.where(first[..., None], th[:, 0], th[:, 1])  # (B, L, T)
     a_w = jnp.maximum(a[:, 0], a[:, 1])  # (B, L); the other thought's clamped advantage is 0
     logp = head_logprobs(params, cfg, qs, jnp.moveaxis(h_w, 1, 2), t_w, qs.policy_temperature).sum(-1)  # (B, L)
-    v = valid.reshape(R // 2, 2, L)[:, 0].astype(jnp.float32)  # both copies share segment ids
-    total = -jnp.sum(jax.lax.stop_gradient(a_w) * logp * v)
-    return total / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)
+    return jnp.sum(jax.lax.stop_gradient(a_w) * logp)
 
 
-def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, thoughts=None):
+def policy_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts):
+    """(R, L, T): log softmax(lm_head(h) / policy_temperature)[t_j] of every thought token, where token
+    j (stream j + 2) was sampled from the hidden state of stream j + 1. hidden (R, K, L, H)."""
+    T = thoughts.shape[-1]
+    return head_logprobs(params, cfg, qs, jnp.moveaxis(hidden[:, 1:T + 1], 1, 2), thoughts,
+                         qs.policy_temperature)
+
+
+def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, thoughts=None,
+                   details: bool = False):
     """Total loss and metrics for one batch.
 
     batch: {"tokens", "positions", "segment_ids"}: (B, L) int32 (segment 0 = padding).
     thoughts: optional (B * P, L, T) pre-sampled thought tokens (tests); sampled from `key` otherwise.
+    details: also return metrics["details"], the per-position pieces (tests, debugging): hidden
+        (R, K, L, H), base_logp / reward / baselined / advantage / reward_valid (R, L), and per talk step
+        (M, R, L) mix_logp, mixing_weight, target_valid; policy_logp (R, L, T) for every row.
     Returns (loss, metrics dict of float32 scalars).
     """
     if not qs.enabled:
@@ -108,52 +134,68 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     streams = layout.stream_tokens(qs, tokens, thoughts)
     hidden = forward(params, cfg, embed_with_thoughts(params, cfg, qs, streams),
                      layout.stream_positions(qs, pos), StreamMask.streams(seg, K))  # (R, K, L, H)
+    nll_mask = qs.mask_thought_logits_in_nll
 
     # Base predictions: log p_base(x_{p+1}) at every position. The base stream of the P copies of an
-    # example is identical, so its (L, V) logits are computed once per example, not once per copy.
+    # example is identical, so its (L, V) logits are computed once per example, not once per copy;
+    # the NLL still counts all R rows, as the authors' mean over the repeated batch does.
     h_base = hidden[:, 0]
-    base_lp = rep(head_logprobs(params, cfg, qs, h_base[::P], layout.shift_left(batch["tokens"], 1)))
+    base_lp = rep(head_logprobs(params, cfg, qs, h_base[::P], layout.shift_left(batch["tokens"], 1),
+                                mask_thoughts=nll_mask))
     nll_base = masked_mean(-base_lp, layout.next_token_valid(seg, 0))
 
     head = params["quietstar"]["talk_head"]
-    reward = jnp.zeros(tokens.shape, jnp.float32)
+    reward = jnp.zeros(tokens.shape, base_lp.dtype)
     nll_mix, w_sum = 0.0, 0.0
+    steps = []
     for s in range(M):
         hb = layout.shift_left(h_base, s)  # h_base at p + s
         ht = hidden[:, N - 1 + s]
         w = mixing_weight(head, qs, hb, ht)  # (R, L, 1)
         target = layout.shift_left(tokens, s + 1)
         if qs.mixer == "hidden":
-            mix_lp = head_logprobs(params, cfg, qs, ((1.0 - w) * hb + w * ht).astype(hb.dtype), target)
+            mix_lp = head_logprobs(params, cfg, qs, ((1.0 - w) * hb + w * ht).astype(hb.dtype), target,
+                                   mask_thoughts=nll_mask)
         else:
             mixed = (1.0 - w) * lm_logits(params, cfg, hb) + w * lm_logits(params, cfg, ht)
-            mix_lp = token_logprobs(mask_thought_logits(mixed, qs), target)
+            mix_lp = token_logprobs(mask_thought_logits(mixed, qs) if nll_mask else mixed, target)
         valid_s = layout.next_token_valid(seg, s)
         nll_mix = nll_mix + masked_mean(-mix_lp, valid_s) / M
         reward = reward + jnp.where(valid_s, mix_lp - layout.shift_left(base_lp, s), 0.0)
         w_sum = w_sum + masked_mean(w[..., 0], valid_s) / M
-    reward = jax.lax.stop_gradient(reward)
+        if details:
+            steps.append((mix_lp, w[..., 0], valid_s))
     r_valid = layout.reward_valid(qs, seg)
-    adv = advantages(qs, jnp.where(r_valid, reward, 0.0))
+    reward = jax.lax.stop_gradient(jnp.where(r_valid, reward, 0.0))
+    baselined, adv = advantages(qs, reward)
 
     T = qs.num_thought_tokens
-    if T > 0 and qs.clamp_advantage and P == 2:
-        pg = _policy_loss_pairs(params, cfg, qs, hidden, thoughts, adv, r_valid)
-    elif T > 0:
-        # Thought token j (stream j + 2) was sampled from the logits of stream j + 1. Same surrogate as
-        # policy_loss, with the log-probs from the head op (one-pass backward, see model/head.py).
-        logp = head_logprobs(params, cfg, qs, jnp.moveaxis(hidden[:, 1:T + 1], 1, 2), thoughts,
-                             qs.policy_temperature).sum(-1)  # (R, L)
-        pg = masked_mean(-jax.lax.stop_gradient(adv) * logp, r_valid)
+    if T == 0:
+        pg = jnp.zeros((), reward.dtype)
     else:
-        pg = jnp.float32(0.0)
+        if qs.clamp_advantage and P == 2:
+            total = _policy_logp_pairs(params, cfg, qs, hidden, thoughts, adv)
+        else:
+            logp = policy_logprobs(params, cfg, qs, hidden, thoughts).sum(-1)  # (R, L)
+            total = jnp.sum(jax.lax.stop_gradient(adv) * logp)
+        # A = 0 outside reward_valid, so the sums above run over the rewarded positions only.
+        pg = -total / policy_denominator(qs, seg) / (T if qs.policy_reduction == "mean" else 1)
     nll = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix
     loss = nll + qs.policy_weight * pg
     metrics = {
-        "loss": loss, "nll_base": nll_base, "nll_mix": nll_mix, "policy_loss": pg,
+        "loss": loss, "nll": nll, "nll_base": nll_base, "nll_mix": nll_mix, "policy_loss": pg,
+        "policy_term": qs.policy_weight * pg,
         "reward_mean": masked_mean(reward, r_valid),
         "reward_std": jnp.sqrt(masked_mean((reward - masked_mean(reward, r_valid)) ** 2, r_valid)),
-        "advantage_pos_frac": masked_mean((adv > 0).astype(jnp.float32), r_valid),
+        "advantage_pos_frac": masked_mean((adv > 0).astype(reward.dtype), r_valid),
         "mixing_weight": w_sum, "thought_entropy": entropy,
     }
+    if details:
+        metrics["details"] = {
+            "hidden": hidden, "thoughts": thoughts, "base_logp": base_lp, "reward": reward,
+            "baselined": baselined, "advantage": adv, "reward_valid": r_valid,
+            "mix_logp": jnp.stack([m for m, _, _ in steps]), "mixing_weight": jnp.stack([w for _, w, _ in steps]),
+            "target_valid": jnp.stack([v for _, _, v in steps]),
+            "policy_logp": policy_logprobs(params, cfg, qs, hidden, thoughts) if T else None,
+        }
     return loss, metrics

@@ -22,18 +22,19 @@ from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.sharding.rules import DEFAULT_RULES, tree_shardings
 
 
-def full_param_axes(cfg: ModelConfig) -> dict:
-    return dict(param_axes(cfg), quietstar=quietstar_param_axes())
+def full_param_axes(cfg: ModelConfig, qs: QuietStarConfig) -> dict:
+    return dict(param_axes(cfg), quietstar=quietstar_param_axes(qs))
 
 
-def param_shardings(cfg: ModelConfig, params_shape, mesh: Mesh, rules: dict = DEFAULT_RULES):
-    return tree_shardings(full_param_axes(cfg), params_shape, mesh, rules)
-
-
-def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, abstract_state, mesh: Mesh,
+def param_shardings(cfg: ModelConfig, qs: QuietStarConfig, params_shape, mesh: Mesh,
                     rules: dict = DEFAULT_RULES):
+    return tree_shardings(full_param_axes(cfg, qs), params_shape, mesh, rules)
+
+
+def state_shardings(cfg: ModelConfig, qs: QuietStarConfig, tx: optax.GradientTransformation, abstract_state,
+                    mesh: Mesh, rules: dict = DEFAULT_RULES):
     """Shardings for the whole state: optimizer moments follow their parameter, scalars replicate."""
-    p_sh = param_shardings(cfg, abstract_state["params"], mesh, rules)
+    p_sh = param_shardings(cfg, qs, abstract_state["params"], mesh, rules)
     replicated = NamedSharding(mesh, P())
     opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_state["opt_state"], p_sh,
                                    transform_non_params=lambda _: replicated,

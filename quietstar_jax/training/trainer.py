@@ -132,7 +132,7 @@ def build_setup(c, cfg: ModelConfig, qs: QuietStarConfig, init_ids, mesh=None, t
     else:
         sched = optax.constant_schedule(jnp.nan)
     abstract = abstract_state(params_shape, tx)
-    sh = state_shardings(cfg, tx, abstract, mesh)
+    sh = state_shardings(cfg, qs, tx, abstract, mesh)
     b_sh = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
     inner = make_train_step(cfg, qs, tx, sched, c.grad_accum_steps)

@@ -1,0 +1,197 @@
+"""Our objective against the authors' own numbers: every case folder of the golden fixture.
+
+For each case (tests/fixtures/reference_golden/, or the folder named by QUIETSTAR_GOLDEN_DIR): load the
+weights into our params, replay the authors' sampled thoughts through quietstar_loss(..., thoughts=...)
+in float64, and compare every recorded piece (tokens and position ids of every pass, the attention
+rule, RoPE tables, hidden states, mixing weights, every pass's NLL, rewards before/after baseline and
+clamp, the policy log-likelihoods and losses, the scalars) and every gradient.
+
+Tolerances (both sides float64):
+  * scalars (loss, LM part, policy loss, per-pass mean NLLs): 1e-9 relative;
+  * per-position pieces: elementwise within 1e-9 of the piece's largest magnitude (relative to the
+    piece, so that entries that are differences of nearly equal NLLs, e.g. rewards of ~1e-4 built from
+    NLLs of ~6, are held to the precision their inputs carry);
+  * gradients: the fixture stores them rounded to float32, so elementwise within 1e-6 of each tensor's
+    max |g|; their float64 statistics (expected.json grad_stats_f64) within 1e-9 relative, except sums
+    that cancel: |ours - theirs| <= 1e-9 * (sqrt(sumsq) * sqrt(size)), the scale of the terms summed.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import golden
+from quietstar_jax.model.attention import StreamMask
+from quietstar_jax.model.rope import rope_cos_sin
+from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.mixing import mixing_weight
+from quietstar_jax.quietstar.objective import head_logprobs, quietstar_loss
+
+CASES = golden.case_names()
+REL = 1e-9
+
+
+def _close_rel(name, ours, theirs, rel=REL):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape} vs the authors' {theirs.shape}"
+    scale = max(np.abs(theirs).max(initial=0.0), 1e-300)
+    err = np.abs(ours - theirs).max(initial=0.0)
+    assert err <= rel * scale, f"{name}: max |ours - authors'| = {err:.3e} > {rel:g} x {scale:.3e}"
+
+
+def _scalar(name, ours, theirs, rel=REL):
+    ours, theirs = float(ours), float(theirs)
+    assert abs(ours - theirs) <= rel * abs(theirs), \
+        f"{name}: ours {ours!r} vs the authors' {theirs!r} (rel err {abs(ours - theirs) / abs(theirs):.2e})"
+
+
+def run_case(case: golden.Case, **qs_overrides):
+    """(metrics, details, grads in the authors' names, cfg, qs, params) for one case in float64."""
+    cfg = case.model_config("float64")
+    qs = case.quietstar_config(**qs_overrides)
+    params = jax.tree.map(jnp.asarray, case.params(cfg))
+    batch = {k: jnp.asarray(v) for k, v in case.batch().items()}
+    thoughts = jnp.asarray(case.thoughts())
+
+    def f(p):
+        return quietstar_loss(p, cfg, qs, batch, jax.random.key(0), thoughts=thoughts, details=True)
+
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+    metrics = jax.tree.map(np.asarray, metrics)
+    return metrics, metrics.pop("details"), case.grads_to_hf(cfg, jax.tree.map(np.asarray, grads)), cfg, qs, params
+
+
+def check_case(case: golden.Case, **qs_overrides):
+    """Every recorded piece and gradient of one case; raises AssertionError naming the first mismatch."""
+    ex, sc = case.arrays, case.expected
+    N, M, P, K, L, R, Lr = case.N, case.M, case.P, case.K, case.L, case.R, case.Lr
+    metrics, d, grads, cfg, qs, params = run_case(case, **qs_overrides)
+    batch = case.batch()
+    tokens = np.repeat(batch["tokens"], P, 0)
+    seg = np.repeat(batch["segment_ids"], P, 0)
+
+    # ---- layout: the token and position id of every pass, the attention rule, the RoPE tables
+    streams = np.asarray(layout.stream_tokens(qs, jnp.asarray(tokens), jnp.asarray(case.thoughts())))
+    np.testing.assert_array_equal(np.moveaxis(streams, 1, 0), ex["tokens_per_pass"], "tokens of every pass")
+    pos = np.asarray(layout.stream_positions(qs, jnp.asarray(np.repeat(batch["positions"], P, 0))))
+    np.testing.assert_array_equal(np.moveaxis(pos, 1, 0)[:, 0], ex["position_ids"], "position ids")
+    mask = StreamMask.streams(jnp.asarray(seg), K)
+    allowed = np.zeros((R, L, K * L), bool)
+    allowed[:, :, :L] = np.asarray(mask.base_visible(cfg.layer_windows[0]))
+    diag = np.asarray(mask.diag_visible())[:, K - 1]  # (R, L, K-1): the last pass's query
+    for slot in range(K - 1):
+        allowed[:, np.arange(L), (slot + 1) * L + np.arange(L)] = diag[:, :, slot]
+    np.testing.assert_array_equal(allowed, ex["attention_allowed"].astype(bool), "attention rule")
+    cos, sin = rope_cos_sin(cfg, jnp.arange(L + K))
+    _close_rel("rope_cos", cos, ex["rope_cos"])
+    _close_rel("rope_sin", sin, ex["rope_sin"])
+
+    # ---- hidden states of every pass, mixing weights of every pass
+    h = d["hidden"]  # (R, K, L, H)
+    _close_rel("hidden_base", h[:, 0], ex["hidden_base"])
+    _close_rel("hidden_norm", np.moveaxis(np.linalg.norm(h, axis=-1), 1, 0), ex["hidden_norm"])
+    _close_rel("hidden_sum", np.moveaxis(h.sum(-1), 1, 0), ex["hidden_sum"])
+    head = params["quietstar"]["talk_head"]
+    weights, nll = [], {}
+    for k in range(1, K):
+        s = max(0, k - (N - 1))
+        cb = jnp.roll(jnp.asarray(h[:, 0]), -s, axis=1)  # the authors roll the base states left by s
+        w = mixing_weight(head, qs, cb, jnp.asarray(h[:, k]))
+        weights.append(np.asarray(w[..., 0]))
+        if k < N - 1:  # thinking passes: recorded by the authors, never in the loss
+            mixed = (1 - w) * cb + w * jnp.asarray(h[:, k])
+            lp = np.asarray(head_logprobs(params, cfg, qs, mixed, jnp.asarray(layout.shift_left(tokens, 1)),
+                                          mask_thoughts=qs.mask_thought_logits_in_nll))
+            nll[k] = np.where(np.asarray(layout.next_token_valid(seg, 0)), -lp, 0.0)[:, :L - 1]
+    _close_rel("mixing_weight (every pass)", np.stack(weights), ex["mixing_weight"])
+    for t in range(M):  # the objective's own talk-step weights, where a target exists
+        v = d["target_valid"][t]
+        _close_rel(f"objective mixing weight, talk step {t}", np.where(v, d["mixing_weight"][t], 0),
+                   np.where(v, ex["mixing_weight"][N - 2 + t], 0))
+
+    # ---- per-pass NLLs (0 where the target is padding), their means, the LM part
+    valid0 = d["target_valid"][0]
+    nll[0] = np.where(valid0, -d["base_logp"], 0.0)[:, :L - 1]
+    for t in range(M):
+        nll[N - 1 + t] = np.where(d["target_valid"][t], -d["mix_logp"][t], 0.0)[:, :L - 1 - t]
+    for k in range(K):
+        _close_rel(f"nll.{k}", nll[k], ex[f"nll.{k}"])
+        n_valid = int((nll[k] != 0).sum())
+        assert n_valid == sc["n_valid_targets"][k], f"nll.{k}: {n_valid} targets vs {sc['n_valid_targets'][k]}"
+        _scalar(f"loss_mean[{k}]", nll[k].sum() / n_valid, sc["loss_mean"][k])
+    for t in range(M):
+        _close_rel(f"base_nll.{t}", nll[0][:, t:], ex[f"base_nll.{t}"])
+        _close_rel(f"reward_term.{t}", nll[0][:, t:] - nll[N - 1 + t], ex[f"reward_term.{t}"])
+    _scalar("loss_lm_part", metrics["nll"], sc["loss_lm_part"])
+
+    # ---- rewards, baseline, clamp, policy log-likelihoods and losses
+    _close_rel("policy_reward", d["reward"][:, :Lr], ex["policy_reward"])
+    assert not np.any(d["reward"][:, Lr:]), "rewards outside the authors' slice"
+    _close_rel("policy_reward_baselined", d["baselined"][:, :Lr], ex["policy_reward_baselined"])
+    _close_rel("policy_reward_clamped", d["advantage"][:, :Lr], ex["policy_reward_clamped"])
+    T = N - 3
+    dqn = []
+    for i in range(T):
+        lp = d["policy_logp"][..., i]
+        _close_rel(f"action_loglik.{i}", lp[:, :L - 1], ex[f"action_loglik.{i}"])
+        actor = -d["advantage"][:, :Lr] * lp[:, :Lr]
+        _close_rel(f"actor_loss.{i}", actor, ex[f"actor_loss.{i}"])
+        dqn.append(actor.mean())
+        _scalar(f"dqn_loss_list[{i}]", dqn[-1], sc["dqn_loss_list"][i])
+    _scalar("dqn_loss", metrics["policy_loss"], sc["dqn_loss"])
+    _scalar("policy_part", metrics["policy_term"], sc["policy_part"])
+    _scalar("loss", metrics["loss"], sc["loss"])
+
+    # ---- gradients
+    theirs = case.grads
+    assert set(grads) == set(theirs), (f"parameter sets differ: ours only {sorted(set(grads) - set(theirs))}, "
+                                       f"the authors' only {sorted(set(theirs) - set(grads))}")
+    for name, g in sorted(grads.items()):
+        ref = theirs[name].astype(np.float64)
+        assert g.shape == ref.shape, f"grad {name}: shape {g.shape} vs {ref.shape}"
+        scale = np.abs(ref).max()
+        err = np.abs(g - ref).max()
+        assert err <= 1e-6 * scale or (scale == 0 and err == 0), \
+            f"grad {name}: max |ours - authors' (float32)| = {err:.3e} > 1e-6 x {scale:.3e}"
+        st, ref_st = golden.grad_stats(g), sc["grad_stats_f64"][name]
+        terms = np.sqrt(ref_st["sumsq"]) * np.sqrt(g.size)  # scale of the terms a sum adds up
+        for key in ("sumsq", "absmax"):
+            assert abs(st[key] - ref_st[key]) <= REL * abs(ref_st[key]), \
+                f"grad {name} {key}: {st[key]!r} vs the authors' {ref_st[key]!r}"
+        for key in ("sum", "dot_cos"):
+            assert abs(st[key] - ref_st[key]) <= REL * max(abs(ref_st[key]), terms), \
+                f"grad {name} {key}: {st[key]!r} vs the authors' {ref_st[key]!r}"
+
+
+@pytest.mark.skipif(not CASES, reason="no golden cases found")
+@pytest.mark.parametrize("name", CASES)
+def test_matches_the_authors_numbers(name):
+    with jax.enable_x64(True):
+        check_case(golden.Case(f"{golden.golden_root()}/{name}"))
+
+
+# Each of our deliberate departures from the authors' code must be caught by the comparison above
+# (so the test has teeth): with the field set to our alternative, some case fails.
+DEPARTURES = [
+    {"policy_reduction": "sum"},
+    {"policy_denominator": "valid"},
+    {"reward_needs_all_targets": True},
+    {"mask_thought_logits_in_nll": True},
+    {"drop_last_reward_position": False},
+]
+
+
+@pytest.mark.skipif(not CASES, reason="no golden cases found")
+@pytest.mark.parametrize("overrides", DEPARTURES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_each_departure_from_the_authors_is_detected(overrides):
+    # Cases with padding first (several departures differ only there); stop at the first failure.
+    cases = [golden.Case(f"{golden.golden_root()}/{name}") for name in CASES]
+    cases.sort(key=lambda c: bool(np.all(c.batch()["segment_ids"])))
+    with jax.enable_x64(True):
+        for case in cases:
+            try:
+                check_case(case, **overrides)
+            except AssertionError:
+                return
+    pytest.fail(f"{overrides}: every golden case still passes, so the test cannot see this departure")
