@@ -377,6 +377,7 @@ def test_every_host_acts(gc):
     calls = gc.calls()
     assert [c[3] for c in calls] == ["scp", "ssh", "ssh", "ssh", "ssh"]
     for c in calls:
+        assert flag(c, "worker") == "all", c
         assert flag(c, "zone") == "us-central2-b" and flag(c, "project") == "test-proj"
     assert calls[0][5] == "quietstar-v4-16:/tmp/quietstar_jax.tar.gz"
     assert all(c[4] == "quietstar-v4-16" for c in calls[1:])
@@ -386,6 +387,8 @@ def test_setup_copies_the_checkout_and_installs_it(gc, worker):
     r = gc.run("setup.sh")
     assert r.returncode == 0, r.stderr
     scp, ssh = gc.calls()
+    assert scp[:4] == ["compute", "tpus", "tpu-vm", "scp"]
+    assert scp[5:] == ["quietstar-v4-16:/tmp/quietstar_jax.tar.gz", *WHERE, "--worker=all"]
     with tarfile.open(str(gc.log) + ".scp") as tar:
         names = set(tar.getnames())
     assert {"launch/env.sh", "launch/train.sh", "configs/tpu_v4.py"} <= names
@@ -402,6 +405,8 @@ def test_setup_copies_the_checkout_and_installs_it(gc, worker):
 
 def test_fetch_quotes_paths_and_patterns(gc, worker):
     model_dir, data_dir = worker.home / "models" / "Mistral 7B", worker.home / "data" / "o w m"
+    (worker.home / "data").mkdir()
+    (worker.home / "data" / "train-00000-of-00001.parquet").touch()  # an unquoted pattern would match it
     r = gc.run("fetch.sh", MODEL_DIR=model_dir, DATA_DIR=data_dir, HF_TOKEN="hf_t'ok en")
     assert r.returncode == 0, r.stderr
     w = worker.sh(flag(gc.only("ssh"), "command"))
@@ -450,6 +455,13 @@ def test_train_rerun_resumes(gc, worker):
         assert worker.sh(flag(call, "command")).returncode == 0
     a, b = worker.calls("python", 2)
     assert a == b == ["-m", "quietstar_jax.train", *TRAIN_DEFAULT_ARGS, "--config.steps=10"]
+
+
+def test_train_needs_the_code_on_the_worker(gc, worker):
+    assert gc.run("train.sh").returncode == 0
+    (worker.home / "quietstar_jax").rmdir()  # setup.sh has not run
+    assert worker.sh(flag(gc.only("ssh"), "command")).returncode != 0
+    assert worker.calls("python") == []
 
 
 @pytest.fixture
