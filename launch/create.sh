@@ -50,6 +50,8 @@ else
         die "queued resource $TPU_NAME is still $state after ${QUEUED_TIMEOUT} s: the request stays queued; re-run QUEUED=1 ./launch/create.sh to keep waiting (QUEUED_TIMEOUT=seconds) or drop it with QUEUED=1 ./launch/stop.sh --delete"
       sleep "$POLL_SECONDS"
     done
+  else
+    note "(DRY_RUN: would poll gcloud compute tpus queued-resources describe $TPU_NAME until ACTIVE)"
   fi
 fi
 run gcloud compute tpus tpu-vm describe "$TPU_NAME" "${where[@]}" \

@@ -57,9 +57,9 @@ REPO_ROOT=$(dirname "$LAUNCH_DIR")
 # (also us-east5-a, us-east1-d, us-central1-b).
 if [[ -z "${ACCELERATOR_TYPE:-}" ]]; then
   case "${CONFIG:-}" in
-    *tpu_v5e.py) ACCELERATOR_TYPE=v5litepod-16 ;;   # 16 chips, 4 hosts
+    *tpu_v5e.py) ACCELERATOR_TYPE=v5litepod-16 ;;   # 16 chips
     *tpu_v5p.py) ACCELERATOR_TYPE=v5p-16 ;;         # 8 chips, 2 hosts
-    *tpu_v6e.py) ACCELERATOR_TYPE=v6e-16 ;;         # 16 chips, 4 hosts
+    *tpu_v6e.py) ACCELERATOR_TYPE=v6e-16 ;;         # 16 chips
     *) ACCELERATOR_TYPE=v4-16 ;;                    # topology 2x2x2: 8 chips, 2 hosts
   esac
 fi
@@ -83,7 +83,7 @@ fi
 # Capacity: SPOT=1 spot (preemptible; re-running train.sh resumes from the workdir). QUEUED=1 requests
 # the slice as a queued resource (create.sh waits until it is ACTIVE, up to QUEUED_TIMEOUT seconds,
 # polling every POLL_SECONDS); with it BEST_EFFORT=1 (gcloud alpha --best-effort) and
-# VALID_UNTIL_DURATION (e.g. 6h: drop the request if not filled by then).
+# VALID_UNTIL_DURATION (e.g. 6h: the request expires if not filled by then).
 : "${VALID_UNTIL_DURATION:=}"
 : "${QUEUED_TIMEOUT:=7200}"
 : "${POLL_SECONDS:=30}"

@@ -21,7 +21,7 @@ run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME":/tmp/quietstar_jax.tar
   --zone="$ZONE" --project="$PROJECT" --worker=all
 run rm -f "$tarball"
 
-# The runtime images ship Python 3.10 (Ubuntu 22.04); jax 0.10 needs >= 3.11: uv provides it.
+# tpu-ubuntu2204-base ships Python 3.10; jax 0.10 needs >= 3.11: uv provides it (on any runtime image).
 tpu_ssh "set -e
   mkdir -p \"$REMOTE_DIR\" && tar -xzf /tmp/quietstar_jax.tar.gz -C \"$REMOTE_DIR\"
   command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh
