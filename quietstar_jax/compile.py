@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from quietstar_jax import hardware
 from quietstar_jax.model.config import ConfigError
 from quietstar_jax.sharding import MeshError, make_mesh
 from quietstar_jax.training.metrics import jaxpr_matmul_flops  # noqa: F401 - re-exported
@@ -62,23 +63,10 @@ class TopologyError(ValueError):
     """The topology name is malformed or libtpu cannot describe it."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TpuSpec:
-    generation: str
-    chip_config: str  # libtpu chip config: megacore = one device per chip (both TensorCores)
-    dims: int  # 3D torus (v4, v5p) or 2D (v5e, v6e)
-    hbm_gib: float  # physical HBM per chip
-    usable_hbm_gib: float  # what the compiler may use; measured with libtpu 0.0.52 (see usable_hbm_bytes)
-    peak_bf16_flops: float  # dense bf16 peak per chip
-    names_count_cores: bool  # accelerator type v4-16 counts TensorCores (8 chips); v5litepod-16 chips
-
-
-SPECS = {
-    "v4": TpuSpec("v4", "megacore", 3, 32, 30.75, 275e12, True),
-    "v5p": TpuSpec("v5p", "megacore", 3, 95, 95.73, 459e12, True),
-    "v5e": TpuSpec("v5e", "default", 2, 16, 15.75, 197e12, False),
-    "v6e": TpuSpec("v6e", "default", 2, 32, 31.24, 918e12, False),
-}
+# Per-generation hardware facts (peak FLOP/s, HBM, ICI, libtpu chip config, ...) live in
+# quietstar_jax.hardware, with their sources; these names are kept for callers of this module.
+TpuSpec = hardware.TpuGeneration
+SPECS = hardware.GENERATIONS
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
 # Standard slice shapes by chip count (Cloud TPU docs), for accelerator-type names.
 _SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
