@@ -23,9 +23,8 @@ URL = {
     "v5e": "https://docs.cloud.google.com/tpu/docs/v5e",
     "v5p": "https://docs.cloud.google.com/tpu/docs/v5p",
     "v6e": "https://docs.cloud.google.com/tpu/docs/v6e",
-    "v4_paper": "Jouppi et al., TPU v4, ISCA 2023 (arXiv:2304.01433); per-link rate as summarised at "
-                "https://glennklockwood.com/garden/processors/TPUv4 ('400G in each direction'; 6,144 optical "
-                "ICI links for 64 cubes x 6 faces x 16)",
+    "v4_paper": "https://arxiv.org/abs/2304.01433 (TPU v4 paper, ISCA 2023) as summarised at "
+                "https://glennklockwood.com/garden/processors/TPUv4",
     "precision": "https://docs.jax.dev/en/latest/201/precision.html (f32 matmuls on TPU are one or several "
                  "bf16 passes)",
     "libtpu": "measured: the TPU compiler's 'available HBM' in RESOURCE_EXHAUSTED errors, libtpu 0.0.52 "
@@ -93,7 +92,8 @@ V4 = TpuGeneration(
                  tensorcores_per_chip="v4", chips_per_host="https://cloud.google.com/tpu/pricing (2022 revision: "
                  "'four chips (one TPU VM)')", dims="v4: 3D mesh, 3D torus on slices of whole 4x4x4 cubes",
                  names_count_cores="v4 (v4-16 = 8 chips)",
-                 ici_ports="v4_paper: 3D torus, 6 links per chip", ici_link_bytes_per_s="v4_paper",
+                 ici_ports="v4_paper: 3D torus, 6 links per chip (6,144 optical links = 64 cubes x 6 faces x 16)",
+                 ici_link_bytes_per_s="v4_paper: ICI '400G bandwidth in each direction' per link = 50 GB/s",
                  price_usd_per_chip_hour="price_v4: $12.88 / 4 chips"))
 
 V5E = TpuGeneration(
@@ -125,7 +125,7 @@ V5P = TpuGeneration(
                  hbm_gib="v5p: '96 GiB of physical HBM; the table lists 95 GiB' (reserved by the runtime)",
                  hbm_bytes_per_s="v5p: '2765 GBps'", usable_hbm_gib="libtpu", tensorcores_per_chip="v5p", chips_per_host="v5p: '(4-chip VM)'",
                  dims="v5p: 3D torus", names_count_cores="v5p (v5p-32 = 32 TensorCores, 16 chips)",
-                 ici_ports="3D torus: 6 neighbours",
+                 ici_ports="v5p: 3D torus (6 neighbours per chip)",
                  ici_link_bytes_per_s="v5p: 1200 GBps bidirectional per chip / 6 / 2 (= the older revision's "
                                       "'4800 Gbps' one way)",
                  price_usd_per_chip_hour="price_unverified"))
@@ -179,6 +179,13 @@ def ici_links(gen: TpuGeneration, dims: tuple) -> int:
 def slice_ici_bytes_per_s(gen: TpuGeneration, dims: tuple) -> float:
     """One chip's ICI bandwidth in one direction for a whole-slice collective: links x per-link rate."""
     return ici_links(gen, dims) * gen.ici_link_bytes_per_s
+
+
+def source_of(gen: TpuGeneration, field: str) -> str:
+    """The source document of `gen.<field>`: its URL (or citation), without the quoted detail."""
+    note = gen.sources.get(field, "")
+    key = note.split(":")[0].split(" ")[0]
+    return URL.get(key, note)
 
 
 def cite(gen: TpuGeneration, field: str) -> str:
