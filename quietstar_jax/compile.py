@@ -6,7 +6,9 @@
 libtpu's compile-only client describes the slice (`jax.experimental.topologies`); the mesh is built
 over its devices, `build_setup` (the trainer's own code) gives the jitted step, which is lowered with
 the abstract state, an abstract batch and a key, then compiled by the TPU compiler. Prints per-chip
-memory (XLA's memory_analysis) against usable HBM, FLOPs per step and an estimated step time.
+memory (XLA's memory_analysis) against usable HBM, FLOPs per step and an estimated step time, the
+collective bytes per chip per step by kind and phase read off the compiled HLO (quietstar_jax.hlo_stats)
+and a roofline step time: the max of compute, HBM and ICI time (quietstar_jax.roofline).
 Exit status: 0 fits, 1 does not fit (or compile failed), 2 bad config / topology / mesh.
 
 Topology names: "<gen>:<AxBxC>" (v4:2x2x2, v5p:2x2x1, v5e:4x4, v6e:2x4) or a Cloud accelerator type
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from quietstar_jax import hardware, hlo_stats, roofline
 from quietstar_jax.model.config import ConfigError
 from quietstar_jax.sharding import MeshError, make_mesh
 from quietstar_jax.training.metrics import jaxpr_matmul_flops  # noqa: F401 - re-exported
@@ -62,23 +65,10 @@ class TopologyError(ValueError):
     """The topology name is malformed or libtpu cannot describe it."""
 
 
-@dataclasses.dataclass(frozen=True)
-class TpuSpec:
-    generation: str
-    chip_config: str  # libtpu chip config: megacore = one device per chip (both TensorCores)
-    dims: int  # 3D torus (v4, v5p) or 2D (v5e, v6e)
-    hbm_gib: float  # physical HBM per chip
-    usable_hbm_gib: float  # what the compiler may use; measured with libtpu 0.0.52 (see usable_hbm_bytes)
-    peak_bf16_flops: float  # dense bf16 peak per chip
-    names_count_cores: bool  # accelerator type v4-16 counts TensorCores (8 chips); v5litepod-16 chips
-
-
-SPECS = {
-    "v4": TpuSpec("v4", "megacore", 3, 32, 30.75, 275e12, True),
-    "v5p": TpuSpec("v5p", "megacore", 3, 95, 95.73, 459e12, True),
-    "v5e": TpuSpec("v5e", "default", 2, 16, 15.75, 197e12, False),
-    "v6e": TpuSpec("v6e", "default", 2, 32, 31.24, 918e12, False),
-}
+# Per-generation hardware facts (peak FLOP/s, HBM, ICI, libtpu chip config, ...) live in
+# quietstar_jax.hardware, with their sources; these names are kept for callers of this module.
+TpuSpec = hardware.TpuGeneration
+SPECS = hardware.GENERATIONS
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}
 # Standard slice shapes by chip count (Cloud TPU docs), for accelerator-type names.
 _SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
@@ -261,8 +251,26 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
         report["xla_flops_per_chip"] = float((cost or {}).get("flops", float("nan")))
     except Exception:  # noqa: BLE001 - cost model unavailable
         report["xla_flops_per_chip"] = float("nan")
+    report.update(communication_report(compiled, topo, report))
     report["compiled"] = compiled
     return report
+
+
+def communication_report(compiled, topo: Topology, report: dict) -> dict:
+    """Per chip per step: collective bytes by kind x phase and HBM bytes, read off the compiled program's
+    HLO with loop trip counts (quietstar_jax.hlo_stats), and the roofline step time they give with the
+    executed FLOPs on this slice (quietstar_jax.roofline)."""
+    stats = hlo_stats.analyze(compiled.as_text())
+    flops = report.get("flops_executed")
+    rl = roofline.estimate(topo.spec, topo.dims, flops / report["chips"] if flops is not None else None,
+                           stats.hbm_bytes, stats.total_collective_bytes)
+    try:  # XLA's own count (loop bodies once), printed next to ours for comparison
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        xla_bytes = float((cost or {}).get("bytes accessed", float("nan")))
+    except Exception:  # noqa: BLE001 - cost model unavailable
+        xla_bytes = float("nan")
+    return dict(hlo_stats=stats, roofline=rl, xla_bytes_accessed_per_chip=xla_bytes)
 
 
 def _bytes(b: float) -> str:
@@ -320,9 +328,69 @@ def format_report(r: dict, mfu: float = 0.4, tokens_per_step: int | None = None,
                          f"({tokens_per_step} text tokens per step)")
         if steps:
             lines.append(f"  {steps} steps at {100 * mfu:.0f}% MFU       {_secs(steps * t_mfu)}")
+    if "hlo_stats" in r:
+        lines += _communication_lines(r)
     lines.append(f"compile wall time: lower {r['lower_s']:.1f}s + compile {r['compile_s']:.1f}s"
                  + (f" (+ FLOP count {r['flops_trace_s']:.1f}s)" if "flops_trace_s" in r else ""))
     return "\n".join(lines)
+
+
+_PHASE_HEADS = {"sampling": "sampling", "forward": "forward", "backward": "backward", "optimizer": "optimizer",
+                "unattributed": "unattrib."}
+
+
+def _bytes_short(b: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(b) >= scale / 10:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def _dur(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.2f} us"
+    return f"{s * 1e3:.2f} ms" if s < 1 else _secs(s)
+
+
+def _communication_lines(r: dict) -> list[str]:
+    """The collective-bytes table (kind x phase) and the roofline, for format_report."""
+    st, rl = r["hlo_stats"], r["roofline"]
+    cell = lambda b: f"{_bytes_short(b):>11}" if b else f"{'-':>11}"  # noqa: E731
+    lines = ["communication per chip per step (optimized HLO, loop bodies x trip counts; quietstar_jax.hlo_stats)",
+             f"  {'':20}" + "".join(f"{_PHASE_HEADS[p]:>11}" for p in hlo_stats.PHASES) + f"{'total':>11}"]
+    for k in hlo_stats.KINDS:
+        row = [st.collective_bytes[(k, p)] for p in hlo_stats.PHASES]
+        lines.append(f"  {k:20}" + "".join(cell(b) for b in row) + cell(sum(row)))
+    by_phase = st.by_phase()
+    lines.append(f"  {'total':20}" + "".join(cell(by_phase[p]) for p in hlo_stats.PHASES)
+                 + cell(st.total_collective_bytes))
+    lines.append("  all-gather: bytes received; reduce-scatter: sent; all-reduce: 2(n-1)/n x buffer; all-to-all: "
+                 "(n-1)/n x buffer; permute: buffer (logical shapes)")
+    if st.unknown_loops:
+        lines.append(f"  note: {len(st.unknown_loops)} while loop(s) of unreadable trip count counted once: "
+                     f"{', '.join(st.unknown_loops[:5])}")
+    gen = hardware.GENERATIONS[r["topology"].split(":")[0]]
+    mark = lambda name: "   <- the roofline" if name == rl.bound else ""  # noqa: E731
+    lines.append(f"roofline step time (max of the three; quietstar_jax.roofline): {_dur(rl.step_s)}, "
+                 f"{rl.bound}-bound")
+    if rl.compute_s is not None:
+        lines.append(f"  compute  {_dur(rl.compute_s):>9}   {_flops(rl.flops_per_chip).strip()} executed per chip / "
+                     f"{rl.peak_flops / 1e12:.0f} TFLOP/s bf16{mark('compute')}")
+    else:
+        lines.append("  compute        n/a   (no FLOP count: run without --noflops)")
+    lines.append(f"  HBM      {_dur(rl.hbm_s):>9}   {_bytes_short(rl.hbm_bytes_per_chip)} per chip / "
+                 f"{rl.hbm_bytes_per_s / 1e9:.0f} GB/s (XLA cost_analysis, loop bodies once: "
+                 f"{_bytes_short(r.get('xla_bytes_accessed_per_chip', float('nan')))}; this model, once: "
+                 f"{_bytes_short(st.hbm_bytes_once)}){mark('HBM')}")
+    lines.append("           by phase: " + ", ".join(f"{_PHASE_HEADS[p].rstrip('.')} {_bytes_short(b)}"
+                                                for p, b in st.hbm_by_phase.items() if b))
+    lines.append(f"  ICI      {_dur(rl.ici_s):>9}   {_bytes_short(rl.collective_bytes_per_chip)} per chip / "
+                 f"({rl.ici_links} links x {rl.ici_bytes_per_s / max(rl.ici_links, 1) / 1e9:.0f} GB/s one way)"
+                 f"{mark('ICI')}")
+    lines.append("  assumes: each limit alone at its peak, perfect overlap; collectives span the slice and use all "
+                 "its links at once; HBM bytes = op operands + results outside fusions, tiled sizes")
+    lines.append("  " + roofline.sources_line(gen))
+    return lines
 
 
 def _is_oom(e: Exception) -> bool:

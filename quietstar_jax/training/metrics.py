@@ -9,9 +9,11 @@ import time
 import jax
 import numpy as np
 
-# bf16 dense peak FLOP/s per chip (what MaxText's MFU uses); "TPU v4" counts a megacore chip.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12,
-              "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+from quietstar_jax.hardware import GENERATIONS
+
+# bf16 dense peak FLOP/s per chip by jax device_kind (what MaxText's MFU uses), from quietstar_jax.hardware;
+# "TPU v4" counts a megacore chip. "TPU v5 lite" precedes "TPU v5" (peak_flops_per_device matches prefixes).
+PEAK_FLOPS = {kind: g.peak_bf16_flops for g in GENERATIONS.values() for kind in g.device_kinds}
 
 
 def measured_cpu_peak(n: int = 1024) -> float:

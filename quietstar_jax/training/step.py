@@ -63,13 +63,15 @@ def make_train_step(cfg: ModelConfig, qs: QuietStarConfig, tx: optax.GradientTra
             grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), grads, params)
             metrics = jax.tree.map(lambda m: m * inv, metrics)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
-        updates, new_opt = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        # Non-finite step: keep params and optimizer state exactly as they were (the step counter still
-        # advances, so the data stream moves past the bad batch).
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
-                     "opt_state": keep(new_opt, state["opt_state"])}
+        # The scope names the update in the compiled program's op metadata (quietstar_jax.hlo_stats).
+        with jax.named_scope("optimizer"):
+            updates, new_opt = tx.update(grads, state["opt_state"], params)
+            new_params = optax.apply_updates(params, updates)
+            # Non-finite step: keep params and optimizer state exactly as they were (the step counter still
+            # advances, so the data stream moves past the bad batch).
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
+                         "opt_state": keep(new_opt, state["opt_state"])}
         metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]),
                        finite=finite.astype(jnp.float32))
         return new_state, metrics
