@@ -93,7 +93,7 @@ def run_row(L, N, M, P, attention, steps):
     jstep = jax.jit(step, donate_argnums=(0, 1))
     compiled = jstep.lower(params, opt, batch, jax.random.key(3)).compile()
     # Matmul FLOPs from the jaxpr (scan bodies x length); XLA's cost_analysis counts loop bodies once.
-    from quietstar_jax.training.metrics import jaxpr_matmul_flops
+    from quietstar_jax.training.flops import jaxpr_matmul_flops
 
     flops, _ = jaxpr_matmul_flops(jax.make_jaxpr(jstep)(params, opt, batch, jax.random.key(3)))
     params, opt, loss = compiled(params, opt, batch, jax.random.key(3))

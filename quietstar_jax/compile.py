@@ -39,8 +39,9 @@ from jax.sharding import PartitionSpec as P
 
 from quietstar_jax import hardware, hlo_stats, roofline
 from quietstar_jax.model.config import ConfigError
+from quietstar_jax.errors import TopologyError  # noqa: F401 - re-exported
 from quietstar_jax.sharding import MeshError, make_mesh
-from quietstar_jax.training.metrics import jaxpr_matmul_flops  # noqa: F401 - re-exported
+from quietstar_jax.training.flops import jaxpr_matmul_flops  # noqa: F401 - re-exported
 
 GIB = 1024 ** 3
 # Read by libtpu when it loads (at the first topology request): no GCE metadata lookups and no
@@ -61,8 +62,6 @@ def _compile_only_env() -> None:
             os.environ.setdefault(k, v)
 
 
-class TopologyError(ValueError):
-    """The topology name is malformed or libtpu cannot describe it."""
 
 
 # Per-generation hardware facts (peak FLOP/s, HBM, ICI, libtpu chip config, ...) live in
@@ -187,7 +186,7 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
     format_report). Raises ConfigError / MeshError / TopologyError for bad input; the TPU compiler's
     RESOURCE_EXHAUSTED (JaxRuntimeError) when the program cannot fit in HBM."""
     from quietstar_jax.training import config as config_lib
-    from quietstar_jax.training.trainer import _with_shardings, abstract_batch, build_setup, model_config_only
+    from quietstar_jax.training.setup import abstract_batch, build_setup, model_config_only
 
     config_lib.validate(c, for_compile=True)
     topo = get_topology(topology)
@@ -199,7 +198,7 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
     qs = config_lib.quietstar_config(c, cfg.vocab_size, cfg.vocab_size + 1)  # as an HF tokenizer adds them
     init_ids = INIT_IDS.get(c.model.preset, [0])
     setup = build_setup(c, cfg, qs, init_ids, mesh=mesh)
-    state = _with_shardings(setup.abstract, setup.shardings)
+    state = setup.abstract_state()
     batch = abstract_batch(c, setup)
     key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
                                sharding=NamedSharding(mesh, P()))

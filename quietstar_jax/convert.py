@@ -24,6 +24,7 @@ from absl import app, flags
 
 from quietstar_jax.hf.io import load_hf_folder, save_hf_folder
 from quietstar_jax.training.params_ckpt import load_params, save_params
+from quietstar_jax.errors import CheckpointMismatchError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
@@ -69,7 +70,7 @@ def _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw) -> str
 
     src = os.path.abspath(src)
     if "quietstar" not in raw:
-        raise ValueError(f"{src}/config.json has no 'quietstar' section (QuietStarConfig fields incl. start_id, "
+        raise CheckpointMismatchError(f"{src}/config.json has no 'quietstar' section (QuietStarConfig fields incl. start_id, "
                          "end_id): not a Quiet-STaR checkpoint; drop --quietstar to export the backbone only")
     qs = quietstar_config_from_dict(raw["quietstar"], f"{src}/config.json 'quietstar'")
     files = tokenizer_files(src)

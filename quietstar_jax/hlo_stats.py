@@ -50,6 +50,8 @@ import math
 import re
 from collections import defaultdict
 
+from quietstar_jax.errors import HloParseError  # noqa: F401 - re-exported
+
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 PHASES = ("sampling", "forward", "backward", "optimizer", "unattributed")
 
@@ -65,10 +67,6 @@ _HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s")
 _NO_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "call", "conditional",
                "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency", "domain",
                "async-start", "async-update", "async-done", "copy-done", "send-done", "recv-done"}
-
-
-class HloParseError(ValueError):
-    """The text is not an HLO module this parser understands."""
 
 
 def _dtype_bytes(dtype: str) -> float:

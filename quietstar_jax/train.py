@@ -1,11 +1,12 @@
 """Quiet-STaR training entry point.
 
     python -m quietstar_jax.train                                   # the embedded CPU default
-    python -m quietstar_jax.train --config=configs/tpu_v4.py --workdir=gs://bucket/run \
+    python -m quietstar_jax.train --config=configs/tpu_v4.py --workdir=gs://bucket/run \\
         --config.model.path=/mnt/disks/mistral-7b --config.steps=100
 
 --config.a.b=v overrides any field (unknown fields are an error). Re-running the same command resumes
-from the workdir's latest checkpoint.
+from the workdir's latest checkpoint; re-running a finished run only says so. Errors are one line
+(exit status 2); --debug adds the traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from quietstar_jax import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                "default.py")
@@ -25,9 +28,9 @@ flags.DEFINE_string("workdir", None, "output directory (local absolute/relative 
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments {argv[1:]}: options are --config=FILE, --config.a.b=VALUE, --workdir=DIR")
     # orbax logs every checkpoint file operation at INFO; keep the console to our progress lines.
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)
@@ -36,7 +39,8 @@ def main(argv):
     c = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("/tmp/quietstar_jax", c.run_name)
     train(c, workdir)
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

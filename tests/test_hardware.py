@@ -7,7 +7,7 @@ import pytest
 
 from quietstar_jax import compile as qc
 from quietstar_jax import hardware
-from quietstar_jax.training import metrics
+from quietstar_jax.training import flops as metrics
 
 
 FACTS = ("tensorcores_per_chip", "dims", "names_count_cores", "chips_per_host", "peak_bf16_flops", "peak_int8_ops",

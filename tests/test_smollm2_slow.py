@@ -19,7 +19,7 @@ def test_smollm2_logits_perplexity_and_round_trip(tmp_path):
     import transformers
 
     from quietstar_jax.hf import load_hf_folder, save_hf_folder
-    from quietstar_jax.hf.smollm2 import materialize_smollm2
+    from quietstar_jax.assets.smollm2 import materialize_smollm2
     from quietstar_jax.model.transformer import causal_lm_logits
 
     folder = materialize_smollm2()
@@ -59,7 +59,7 @@ def test_smollm2_logits_perplexity_and_round_trip(tmp_path):
 def test_thought_tokens_on_real_tokenizer():
     import transformers
 
-    from quietstar_jax.hf.smollm2 import materialize_smollm2
+    from quietstar_jax.assets.smollm2 import materialize_smollm2
     from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN, add_thought_tokens
 
     tok = transformers.AutoTokenizer.from_pretrained(materialize_smollm2())

@@ -10,7 +10,7 @@ from quietstar_jax.sharding import MeshError, make_mesh, resolve_mesh_shape
 from quietstar_jax.training import config as config_lib
 from quietstar_jax.training.step import make_train_step, split_microbatches
 from quietstar_jax.training.state import init_state, random_params_fn
-from quietstar_jax.training.trainer import build_setup, model_config_only
+from quietstar_jax.training.setup import build_setup, model_config_only
 
 START, END = 256, 257
 

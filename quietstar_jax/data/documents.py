@@ -15,6 +15,7 @@ import re
 from typing import Iterator, Mapping
 
 from quietstar_jax.data.config import resolve_local_files, template_fields
+from quietstar_jax.errors import DataError
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
@@ -22,20 +23,20 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 def render_record(record: Mapping, text_field: str, text_template: str, where: str) -> str:
     """The document text of one record. ``where`` ("file:line") is only used in error messages."""
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if text_template:
         try:
             return text_template.format_map({k: _as_str(v) for k, v in record.items()})
         except KeyError as e:
-            raise ValueError(f"{where}: data.text_template needs field {e.args[0]!r}; the record has "
+            raise DataError(f"{where}: data.text_template needs field {e.args[0]!r}; the record has "
                              f"{sorted(record)}") from None
     if text_field not in record:
-        raise ValueError(f"{where}: no field {text_field!r} (data.text_field); the record has {sorted(record)}")
+        raise DataError(f"{where}: no field {text_field!r} (data.text_field); the record has {sorted(record)}")
     value = record[text_field]
     if value is None:
         return ""
     if not isinstance(value, (str, bytes)):
-        raise ValueError(f"{where}: field {text_field!r} is a {type(value).__name__}, expected text")
+        raise DataError(f"{where}: field {text_field!r} is a {type(value).__name__}, expected text")
     return _as_str(value)
 
 
@@ -75,7 +76,7 @@ def _jsonl_docs(path: str, cfg) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
             yield render_record(record, cfg.text_field, cfg.text_template, where)
 
 
@@ -84,7 +85,7 @@ def _text_docs(path: str, cfg) -> Iterator[str]:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
     if cfg.text_unit == "file":
         yield text.strip()
         return
@@ -101,7 +102,7 @@ def _parquet_docs(path: str, cfg) -> Iterator[str]:
     have = set(pf.schema_arrow.names)
     missing = [c for c in dict.fromkeys(wanted) if c not in have]
     if missing:
-        raise ValueError(f"{path}: no column(s) {missing} (data.text_field / data.text_template); "
+        raise DataError(f"{path}: no column(s) {missing} (data.text_field / data.text_template); "
                          f"columns: {sorted(have)}")
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=list(dict.fromkeys(wanted))):

@@ -60,7 +60,7 @@ def build_row_source(data_cfg, encoder: TextEncoder, seq_len: int, cache_dir: st
         from quietstar_jax.data.documents import iter_local_documents, local_files_fingerprint
 
         if cfg.source == "offline_math":
-            from quietstar_jax.data.offline_corpus import materialize_math_corpus
+            from quietstar_jax.assets.math_corpus import materialize_math_corpus
 
             cfg.update(source="jsonl", path=materialize_math_corpus(corpus_root), text_field="text", text_template="")
         spec = {"source": cfg.source, "files": local_files_fingerprint(cfg), "text_unit": cfg.text_unit}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from quietstar_jax.data.config import template_fields
 from quietstar_jax.data.documents import render_record
+from quietstar_jax.errors import ConfigError
 
 
 class TfdsTexts:
@@ -26,23 +27,23 @@ class TfdsTexts:
         self.text_field, self.text_template = cfg.text_field, cfg.text_template
         builder = _builder(tfds, cfg.tfds_name, cfg.tfds_data_dir or None)
         if not builder.is_prepared():
-            raise ValueError(
+            raise ConfigError(
                 f"data.tfds_name={cfg.tfds_name!r} is not prepared in {builder.data_dir}; prepare it where "
                 f"TensorFlow is available: `tfds build {cfg.tfds_name} --data_dir=<dir> "
                 "--file_format=array_record`, then set data.tfds_data_dir=<dir>")
         fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
         if fmt != "array_record":
-            raise ValueError(f"data.tfds_name={cfg.tfds_name!r} in {builder.data_dir} is stored as {fmt}; "
+            raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} in {builder.data_dir} is stored as {fmt}; "
                              "random access needs array_record: rebuild with --file_format=array_record")
         features = set(builder.info.features.keys())
         wanted = template_fields(cfg.text_template) if cfg.text_template else [cfg.text_field]
         if missing := [f for f in wanted if f not in features]:
-            raise ValueError(f"data.tfds_name={cfg.tfds_name!r} has no feature(s) {missing} "
+            raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} has no feature(s) {missing} "
                              f"(data.text_field / data.text_template); features: {sorted(features)}")
         try:
             self._source = builder.as_data_source(split=cfg.split)
         except ValueError as e:  # unknown split / bad slice
-            raise ValueError(f"data.split={cfg.split!r} for {cfg.tfds_name!r}: {e}") from None
+            raise ConfigError(f"data.split={cfg.split!r} for {cfg.tfds_name!r}: {e}") from None
         n = len(self._source)
         self._len = min(n, cfg.max_documents) if cfg.max_documents else n
         # Identifies the prepared data for the tokenised-cache key.
@@ -69,5 +70,5 @@ def _builder(tfds, name: str, data_dir: str | None):
         return tfds.builder(name, data_dir=data_dir)
     except (not_found, ImportError):
         # tfds' own message lists every dataset it knows (hundreds of lines): keep ours short.
-        raise ValueError(f"data.tfds_name={name!r}: unknown tfds dataset (not a registered builder and not "
+        raise ConfigError(f"data.tfds_name={name!r}: unknown tfds dataset (not a registered builder and not "
                          f"found prepared in data_dir={data_dir or '<tfds default>'})") from None

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from quietstar_jax.data.encoders import TextEncoder
+from quietstar_jax.errors import EmptyCorpusError  # noqa: F401 - re-exported
 
 _ENCODE_CHUNK = 512  # documents per encode_batch call while preparing
 STORE_FORMAT = 1  # bump when the stored layout or the document -> tokens rule changes
@@ -68,10 +69,6 @@ class TokenizedDocs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     index += 1
         if index == 0:  # tfds would fail with a bare AssertionError ("No examples were yielded")
             raise EmptyCorpusError("no document has any token (empty corpus, or every text is empty)")
-
-
-class EmptyCorpusError(ValueError):
-    pass
 
 
 class TokenStore:

@@ -22,10 +22,38 @@ from safetensors.numpy import save_file
 
 from quietstar_jax.hf.mapping import CheckpointMismatchError, check_names_and_shapes, hf_to_params, params_to_hf
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# Fields that describe where a config or tokenizer was loaded from on the machine that wrote it, not
+# the model: never written into an export (it would be pushed to a hub as it is).
+LOCAL_CONFIG_KEYS = ("_name_or_path", "_model_name_or_path", "_commit_hash")
+LOCAL_TOKENIZER_KEYS = ("is_local", "local_files_only", "name_or_path", "_commit_hash")
+
+
+def clean_tokenizer_config(path: str) -> None:
+    """Drops the machine-local fields transformers' save_pretrained writes into tokenizer_config.json."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        d = json.load(f)
+    if any(k in d for k in LOCAL_TOKENIZER_KEYS):
+        with open(path, "w") as f:
+            json.dump({k: v for k, v in d.items() if k not in LOCAL_TOKENIZER_KEYS}, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
+def _publishable(folder: str) -> None:
+    """Ordinary permissions for a folder made with mkdtemp (0700) and its files: readable by others
+    as the umask allows, like any folder a user creates."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def tensor_files(folder: str) -> dict[str, str]:
@@ -42,11 +70,11 @@ def tensor_files(folder: str) -> dict[str, str]:
         files = {n: os.path.join(folder, fn) for n, fn in weight_map.items()}
         for fn in sorted(set(files.values())):
             if not os.path.exists(fn):
-                raise FileNotFoundError(f"{index} lists {os.path.basename(fn)}, which is missing from {folder}")
+                raise PathNotFoundError(f"{index} lists {os.path.basename(fn)}, which is missing from {folder}")
         return files
     shards = sorted(fn for fn in os.listdir(folder) if fn.startswith("model") and fn.endswith(".safetensors"))
     if not shards:
-        raise FileNotFoundError(f"no *.safetensors files of the model (model*.safetensors) in {folder} "
+        raise PathNotFoundError(f"no *.safetensors files of the model (model*.safetensors) in {folder} "
                                 "(PyTorch .bin checkpoints are not supported: re-save with "
                                 "save_pretrained(safe_serialization=True))")
     files = {}
@@ -59,15 +87,15 @@ def tensor_files(folder: str) -> dict[str, str]:
 
 def read_hf_config(folder: str) -> dict:
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"HF model folder not found: {folder}")
+        raise PathNotFoundError(f"HF model folder not found: {folder}")
     path = os.path.join(folder, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder} has no config.json")
+        raise PathNotFoundError(f"{folder} has no config.json")
     with open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+            raise CheckpointCorruptError(f"{path} is not valid JSON: {e}") from e
 
 
 def load_hf_folder(folder: str, place=None, **runtime) -> tuple[ModelConfig, dict, dict]:
@@ -111,7 +139,7 @@ def save_hf_folder(folder: str, cfg: ModelConfig, params: dict, dtype: str = "bf
     Every process must call this (gathering is collective); only process 0 writes.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
+        raise ConfigError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
     host = _gather_to_host(params)
     if jax.process_index() != 0:
         return folder
@@ -138,7 +166,7 @@ def save_hf_folder(folder: str, cfg: ModelConfig, params: dict, dtype: str = "bf
         if len(shards) > 1:
             with open(os.path.join(tmp, INDEX_NAME), "w") as f:
                 json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-        config = dict(base_config or {})
+        config = {k: v for k, v in (base_config or {}).items() if k not in LOCAL_CONFIG_KEYS}
         for stale in ("rope_theta", "rope_scaling", "torch_dtype"):
             config.pop(stale, None)  # superseded by rope_parameters / dtype in the fresh fields
         config.update(cfg.to_hf_dict(dtype))
@@ -146,6 +174,8 @@ def save_hf_folder(folder: str, cfg: ModelConfig, params: dict, dtype: str = "bf
             json.dump(config, f, indent=2, sort_keys=True)
         for name, src in (extra_files or {}).items():
             shutil.copy(src, os.path.join(tmp, name))
+        clean_tokenizer_config(os.path.join(tmp, "tokenizer_config.json"))
+        _publishable(tmp)
         if os.path.exists(folder):
             old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
             os.replace(folder, os.path.join(old, "x"))

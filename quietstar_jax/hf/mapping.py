@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from quietstar_jax.errors import CheckpointMismatchError  # noqa: F401 - re-exported
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.params import _full_spec, _unflatten
 
@@ -22,8 +23,6 @@ IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-class CheckpointMismatchError(ValueError):
-    """An HF checkpoint does not match the architecture its config.json describes."""
 
 
 def hf_names(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple, int | None]]:

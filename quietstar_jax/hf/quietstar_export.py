@@ -70,6 +70,7 @@ from quietstar_jax.hf.mapping import CheckpointMismatchError, check_names_and_sh
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN
+from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
 
 SIDECAR_NAME = "quietstar.safetensors"
 CONFIG_NAME = "quietstar_config.json"
@@ -94,7 +95,7 @@ def quietstar_config_to_dict(qs: QuietStarConfig) -> dict:
 def quietstar_config_from_dict(d: dict, source: str = "quietstar config") -> QuietStarConfig:
     """Builds a QuietStarConfig; unknown fields (a newer writer) are ignored with a warning."""
     if not isinstance(d, dict):
-        raise ValueError(f"{source}: expected a dict of QuietStarConfig fields, got {type(d).__name__}")
+        raise CheckpointMismatchError(f"{source}: expected a dict of QuietStarConfig fields, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(QuietStarConfig)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -121,7 +122,7 @@ def _head_spec(H: int, last_bias: bool) -> dict[str, tuple[int, ...]]:
 def _check_quietstar_params(cfg: ModelConfig, params: dict, qs: QuietStarConfig) -> None:
     H = cfg.hidden_size
     if "quietstar" not in params:
-        raise ValueError('params has no "quietstar" subtree (thought embeddings + talk head); use '
+        raise CheckpointMismatchError('params has no "quietstar" subtree (thought embeddings + talk head); use '
                          'save_hf_folder for a plain backbone, or add them with init_quietstar_params')
     q = params["quietstar"]
     problems = []
@@ -147,15 +148,15 @@ def _check_quietstar_params(cfg: ModelConfig, params: dict, qs: QuietStarConfig)
             problems.append('params["quietstar"]["talk_head"]["4"]["bias"] exists but the QuietStarConfig has '
                             'mixing_head_last_bias=False')
     if problems:
-        raise ValueError("cannot export Quiet-STaR params: " + "; ".join(problems))
+        raise CheckpointMismatchError("cannot export Quiet-STaR params: " + "; ".join(problems))
 
 
 def _check_ids(qs: QuietStarConfig) -> None:
     if qs.start_id < 0 or qs.end_id < 0:
-        raise ValueError(f"QuietStarConfig start_id/end_id are unset ({qs.start_id}, {qs.end_id}); set them "
+        raise CheckpointMismatchError(f"QuietStarConfig start_id/end_id are unset ({qs.start_id}, {qs.end_id}); set them "
                          "from the tokenizer (quietstar_jax.quietstar.tokens.add_thought_tokens)")
     if qs.start_id == qs.end_id:
-        raise ValueError(f"start_id and end_id are both {qs.start_id}")
+        raise CheckpointMismatchError(f"start_id and end_id are both {qs.start_id}")
 
 
 def _prepare_tokenizer(tokenizer, qs: QuietStarConfig, vocab_rows: int):
@@ -167,11 +168,11 @@ def _prepare_tokenizer(tokenizer, qs: QuietStarConfig, vocab_rows: int):
                                      replace_extra_special_tokens=False)
     ids = [int(i) for i in tokenizer.convert_tokens_to_ids([START_TOKEN, END_TOKEN])]
     if ids != [qs.start_id, qs.end_id]:
-        raise ValueError(f"tokenizer maps {START_TOKEN!r}, {END_TOKEN!r} to ids {ids}, but the QuietStarConfig "
+        raise CheckpointMismatchError(f"tokenizer maps {START_TOKEN!r}, {END_TOKEN!r} to ids {ids}, but the QuietStarConfig "
                          f"says start_id={qs.start_id}, end_id={qs.end_id}: pass the tokenizer the model was "
                          "trained with (after add_thought_tokens)")
     if len(tokenizer) > vocab_rows:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the exported embedding table has only "
+        raise CheckpointMismatchError(f"tokenizer has {len(tokenizer)} tokens but the exported embedding table has only "
                          f"{vocab_rows} rows: ids >= {vocab_rows} would crash the exported model")
     return tokenizer
 
@@ -219,7 +220,7 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
     Returns the folder path. Every process must call this; process 0 writes.
     """
     if dtype not in DTYPES:
-        raise ValueError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
+        raise ConfigError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
     _check_ids(qs)
     _check_quietstar_params(cfg, params, qs)
     V0, H = cfg.vocab_size, cfg.hidden_size
@@ -316,21 +317,21 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
 def _read_meta(folder: str) -> dict:
     path = os.path.join(folder, CONFIG_NAME)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a Quiet-STaR export (a plain HF model "
+        raise PathNotFoundError(f"{folder} has no {CONFIG_NAME}: not a Quiet-STaR export (a plain HF model "
                                 "loads with quietstar_jax.hf.load_hf_folder)")
     with open(path) as f:
         try:
             meta = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+            raise CheckpointCorruptError(f"{path} is not valid JSON: {e}") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        raise CheckpointMismatchError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {meta['format_version']} is newer than this reader "
+        raise CheckpointMismatchError(f"{path}: format_version {meta['format_version']} is newer than this reader "
                          f"({FORMAT_VERSION})")
     for key in ("quietstar", "original_vocab_size", "vocab_size"):
         if key not in meta:
-            raise ValueError(f"{path} is missing required field {key!r}")
+            raise CheckpointMismatchError(f"{path} is missing required field {key!r}")
     return meta
 
 
@@ -371,7 +372,7 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
     qs = quietstar_config_from_dict(meta["quietstar"], f"{folder}/{CONFIG_NAME}")
     side_path = os.path.join(folder, meta.get("sidecar", SIDECAR_NAME))
     if not os.path.exists(side_path):
-        raise FileNotFoundError(f"{folder} has {CONFIG_NAME} but its sidecar {os.path.basename(side_path)} "
+        raise PathNotFoundError(f"{folder} has {CONFIG_NAME} but its sidecar {os.path.basename(side_path)} "
                                 "(talk head + thought embeddings) is missing")
     cfg1 = ModelConfig.from_hf_dict(raw, **runtime)
     V0, V1 = int(meta["original_vocab_size"]), int(meta["vocab_size"])

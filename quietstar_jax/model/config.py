@@ -17,8 +17,7 @@ ROPE_TYPES = ("default", "linear", "llama3")
 NO_WINDOW = 1 << 30
 
 
-class ConfigError(ValueError):
-    """A model configuration value is missing, unsupported or inconsistent."""
+from quietstar_jax.errors import ConfigError  # noqa: F401 - re-exported (model.ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)

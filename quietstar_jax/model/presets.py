@@ -2,6 +2,7 @@
 (e.g. AOT-compiling the Mistral-7B step for a TPU slice on a CPU host)."""
 
 from __future__ import annotations
+from quietstar_jax.errors import ConfigError
 
 PRESETS = {
     # mistralai/Mistral-7B-v0.1 config.json (the paper's model).
@@ -26,5 +27,5 @@ PRESETS = {
 
 def preset_config(name: str) -> dict:
     if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return dict(PRESETS[name])

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
+from quietstar_jax.errors import MeshError  # noqa: F401 - re-exported
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
-    """The requested mesh cannot be built on the available devices."""
 
 
 def resolve_mesh_shape(shape: dict | tuple, num_devices: int) -> tuple[int, int, int]:

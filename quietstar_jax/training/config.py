@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from quietstar_jax.model.config import ConfigError
+from quietstar_jax.errors import ConfigError
 from quietstar_jax.quietstar.config import QuietStarConfig
 
 MODEL_SOURCES = ("hf", "smollm2", "tiny")
@@ -96,7 +96,10 @@ def override(c, **dotted) -> ml_collections.ConfigDict:
 
 
 def quietstar_config(c, start_id: int, end_id: int) -> QuietStarConfig:
-    return QuietStarConfig(**dict(c.quietstar), start_id=start_id, end_id=end_id)
+    try:
+        return QuietStarConfig(**dict(c.quietstar), start_id=start_id, end_id=end_id)
+    except TypeError as e:
+        raise ConfigError(f"config.quietstar: {e}") from None
 
 
 def validate(c, for_compile: bool = False) -> None:
@@ -114,6 +117,9 @@ def validate(c, for_compile: bool = False) -> None:
     need(c.global_batch_size % c.grad_accum_steps == 0, "grad_accum_steps",
          f"global_batch_size {c.global_batch_size} is not divisible by grad_accum_steps {c.grad_accum_steps}")
     need(c.model.source in MODEL_SOURCES, "model.source", f"{c.model.source!r} not in {MODEL_SOURCES}")
+    need(not c.model.path or c.model.source == "hf", "model.path",
+         f"is set ({c.model.path!r}) but model.source is {c.model.source!r}, which does not read it: add "
+         "--config.model.source=hf to train that model")
     if c.model.source == "hf" and not (for_compile and c.model.preset):
         need(bool(c.model.path), "model.path", "empty; set it to an HF folder (config.json + safetensors)")
         need(c.model.path.startswith("gs://") or os.path.isdir(c.model.path), "model.path",
@@ -126,10 +132,7 @@ def validate(c, for_compile: bool = False) -> None:
     need(c.checkpoint.every_steps >= 0 and c.checkpoint.every_secs >= 0, "checkpoint",
          "every_steps / every_secs must be >= 0")
     need(c.checkpoint.keep >= 1, "checkpoint.keep", f"must be >= 1, got {c.checkpoint.keep}")
-    try:
-        quietstar_config(c, 0, 1)
-    except TypeError as e:
-        raise ConfigError(f"config.quietstar: {e}") from e
+    quietstar_config(c, 0, 1)
     opt = c.optimizer
     need(opt.learning_rate >= 0, "optimizer.learning_rate", "must be >= 0")
     need(opt.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")

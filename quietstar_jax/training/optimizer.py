@@ -12,6 +12,7 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
+from quietstar_jax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -29,7 +30,7 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     elif opt_cfg.schedule == "constant":
         decay = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} not in {SCHEDULES}")
+        raise ConfigError(f"optimizer.schedule {opt_cfg.schedule!r} not in {SCHEDULES}")
     if warm == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
@@ -76,7 +77,7 @@ def make_optimizer(opt_cfg, params_shape, total_steps: int) -> tuple[optax.Gradi
         paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_shape)[0]]
         missing = [p for p in mult if not any(re.fullmatch(p, s) for s in paths)]
         if missing:
-            raise ValueError(f"optimizer.lr_multipliers: patterns {missing} match no parameter (paths look like "
+            raise ConfigError(f"optimizer.lr_multipliers: patterns {missing} match no parameter (paths look like "
                              f"{paths[:3]})")
         parts.append(scale_by_tree(lr_multiplier_tree(params_shape, mult)))
     return optax.chain(*parts), sched

