@@ -15,9 +15,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "transformers==5.23.0",
     "tokenizers==0.23.3",
-    "sentencepiece==0.2.3",
     "tensorflow-datasets==4.9.10",
-    "importlib_resources",
     "grain==0.2.18",
     "array-record==0.8.6",
     "mistral-common==1.13.1",
@@ -27,8 +25,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     # torch is an exact pin: 2.13.0 is a local CPU wheel here; anything else pulls GBs of CUDA.
-    # gguf + accelerate + torch let transformers materialise SmolLM2 from its GGUF file.
-    "hf": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0"],
+    # gguf + accelerate + torch let transformers materialise SmolLM2 from its GGUF file; tensorboard
+    # reads the runs' event files (`tensorboard --logdir WORKDIR/tensorboard`).
+    "hf": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "tensorboard==2.20.0"],
     # libtpu in the test extra so the AOT-compile-for-TPU tests run on CPU-only CI (137 MB wheel, ~6 s).
     "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest", "libtpu==0.0.52"],
     # On a TPU VM install jax[tpu]==0.10.2 (launch/setup.sh); this pin is the libtpu matching jax 0.10.2,

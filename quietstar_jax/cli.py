@@ -48,7 +48,7 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
         key = msg.split(";")[0].strip("'\"")
         flag = next((a.split("=")[0] for a in argv if a.split("=")[0].endswith("." + key)), None)
         return f"{flag or key}: no such config field; the fields are listed in quietstar_jax/training/config.py"
-    missing = re.search(r"No such file or directory: '([^']+)'", msg)
+    missing = re.search(r"No such file or directory: '([^']+)", msg)
     if missing:
         return f"--config={missing.group(1)}: no such config file (configs/*.py, or a path to one)"
     return msg if msg.startswith(("flag", "--")) else f"bad command line: {msg}"
@@ -62,12 +62,32 @@ def parse_flags(argv: list[str], debug: bool = False) -> list[str]:
         fail(_flag_error(e, argv), e, debug)
 
 
-def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
-    """Parses flags, runs main(positional args), turns QuietStarErrors into one line + exit status 2.
-    --debug (anywhere on the command line): print tracebacks too."""
+def loaded_config(config):
+    """The --config flag's value, checked: ml_collections defers a config file that failed to load until
+    the first attribute access, which would otherwise surface as a traceback deep inside main."""
+    try:
+        config.keys()
+    except Exception as e:  # noqa: BLE001 - OSError / errors raised while executing the config file
+        fail(_flag_error(e, sys.argv), e, "--debug" in sys.argv)
+    return config
+
+
+def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None,
+        define_flags: Callable[[], None] | None = None) -> None:
+    """Defines (define_flags) and parses flags, runs main(positional args), turns QuietStarErrors into one
+    line + exit status 2. --debug (anywhere on the command line): print tracebacks too.
+
+    Flags are defined here, not at import: ml_collections' config_flags reads --config (and applies the
+    --config.a.b overrides) as soon as the flag is defined, so its errors must be caught too."""
     argv = list(sys.argv if argv is None else argv)
     debug = "--debug" in argv[1:]
     argv = [a for a in argv if a != "--debug"]
+    sys.argv = argv  # config_flags reads sys.argv when the flag is defined
+    if define_flags is not None:
+        try:
+            define_flags()
+        except Exception as e:  # noqa: BLE001 - config file errors surface here
+            fail(_flag_error(e, argv), e, debug)
     rest = parse_flags(argv, debug)
     try:
         status = main(rest)

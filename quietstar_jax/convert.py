@@ -18,13 +18,13 @@ quietstar_config.json, tokenizer with the thought tokens); hf_to_jax reads such 
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
+from quietstar_jax import cli
+from quietstar_jax.errors import CheckpointMismatchError, PathNotFoundError
 from quietstar_jax.hf.io import load_hf_folder, save_hf_folder
 from quietstar_jax.training.params_ckpt import load_params, save_params
-from quietstar_jax.errors import CheckpointMismatchError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
@@ -84,17 +84,23 @@ def _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw) -> str
                              max_shard_bytes=max_shard_mb * 2**20, extra_files=files)
 
 
-def main(argv):
+USAGE = "usage: python -m quietstar_jax.convert {hf_to_jax|jax_to_hf} --src=DIR --dst=DIR [--quietstar] [--dtype=...]"
+
+
+def main(argv) -> int:
     if len(argv) != 2 or argv[1] not in ("hf_to_jax", "jax_to_hf"):
-        sys.exit("usage: python -m quietstar_jax.convert {hf_to_jax|jax_to_hf} --src=DIR --dst=DIR")
+        cli.fail(USAGE)
     if not FLAGS.src or not FLAGS.dst:
-        sys.exit("--src and --dst are required")
+        cli.fail(f"--src and --dst are required; {USAGE}")
+    if not FLAGS.src.startswith("gs://") and not os.path.exists(FLAGS.src):
+        raise PathNotFoundError(f"--src={FLAGS.src} does not exist")
     if argv[1] == "hf_to_jax":
         out = hf_to_jax(FLAGS.src, FLAGS.dst, quietstar=FLAGS.quietstar)
     else:
         out = jax_to_hf(FLAGS.src, FLAGS.dst, FLAGS.dtype, FLAGS.max_shard_mb, quietstar=FLAGS.quietstar)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

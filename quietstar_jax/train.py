@@ -21,11 +21,14 @@ from quietstar_jax import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                "default.py")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "config file (configs/*.py with get_config())",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "output directory (local absolute/relative path or gs://); "
-                                     "default: /tmp/quietstar_jax/<run_name>")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "config file (configs/*.py with get_config())",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "output directory (local absolute/relative path or gs://); "
+                                         "default: /tmp/quietstar_jax/<run_name>")
 
 
 def main(argv) -> int:
@@ -36,11 +39,11 @@ def main(argv) -> int:
         logging.set_verbosity(logging.WARNING)
     from quietstar_jax.training.trainer import train
 
-    c = FLAGS.config
+    c = cli.loaded_config(FLAGS.config)
     workdir = FLAGS.workdir or os.path.join("/tmp/quietstar_jax", c.run_name)
     train(c, workdir)
     return 0
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags=define_flags)

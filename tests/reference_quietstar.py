@@ -186,6 +186,8 @@ def naive_thoughts(params, cfg, qs, tokens, positions, key, step_uniforms):
     out = np.zeros((R, L, T), np.int64)
     raws = np.zeros((R, L, T, logits_ref(params, cfg, jnp.zeros(cfg.hidden_size)).shape[-1]), np.float32)
     unif = [np.asarray(step_uniforms(key, i, (R, L))) for i in range(T)]
+    # One compiled forward per prefix length (the loop below is the reference: no caches, no streams).
+    fwd = jax.jit(lambda p, x, pos, m: dense_forward(p, cfg, x, pos, m))
     for r in range(R):
         for p in range(L):
             seq = list(tokens[r, : p + 1]) + [qs.start_id]
@@ -194,7 +196,7 @@ def naive_thoughts(params, cfg, qs, tokens, positions, key, step_uniforms):
                 ids = np.asarray(seq)[None]
                 pos = np.asarray(positions)[r, 0] + np.arange(S)[None]
                 mask = np.tril(np.ones((1, S, S), bool))
-                h = dense_forward(params, cfg, embed_ref(params, qs, ids), jnp.asarray(pos), jnp.asarray(mask))
+                h = fwd(params, embed_ref(params, qs, ids), jnp.asarray(pos), jnp.asarray(mask))
                 raw = logits_ref(params, cfg, h[0, -1])
                 raws[r, p, i] = raw
                 z = np.asarray(sampling_logits(raw, qs), np.float64)

@@ -4,33 +4,25 @@ FLOP counter against hand counts, a tiny model's real train step compiled for v4
 import importlib.util
 import math
 
+import builders
 import jax
 import jax.numpy as jnp
 import pytest
 
 from quietstar_jax import compile as qc
-from quietstar_jax.model import ConfigError
-from quietstar_jax.sharding import MeshError
-from quietstar_jax.training import config as config_lib
+from quietstar_jax.errors import ConfigError, MeshError, TopologyError
+from quietstar_jax.tpu import aot, report, topology
+from quietstar_jax.training.flops import jaxpr_matmul_flops
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install libtpu)")
 
 
 def tiny_config(**over):
-    c = config_lib.base_config()
-    c.model.source = "tiny"
-    c.model.dtype = "bfloat16"
-    c.model.remat_policy = "full"
-    c.seq_len = 32
-    c.global_batch_size = 8
-    c.grad_accum_steps = 2
-    c.quietstar.n_ahead = 5
-    c.quietstar.n_ahead_talk = 2
-    c.quietstar.n_passes = 2
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    return config_lib.override(c, **over)
+    """A tiny model's bf16 step with full remat, 2 micro-batches, fsdp over all chips."""
+    return builders.run_config(**{"model.dtype": "bfloat16", "model.remat_policy": "full", "seq_len": 32,
+                                  "grad_accum_steps": 2, "quietstar.n_ahead": 5, "mesh.data": 1, "mesh.fsdp": -1,
+                                  **over})
 
 
 # ----------------------------------------------------------------------------- topology names
@@ -40,7 +32,7 @@ def tiny_config(**over):
     ("v5litepod-16", "v5e", (4, 4)), ("v5e:2x4", "v5e", (2, 4)), ("v6e-8", "v6e", (2, 4)),
 ])
 def test_parse_topology(name, gen, dims):
-    spec, d = qc.parse_topology(name)
+    spec, d = topology.parse_topology(name)
     assert (spec.generation, d) == (gen, dims)
 
 
@@ -49,16 +41,16 @@ def test_parse_topology(name, gen, dims):
     ("v4-12", "no standard v4 slice"), ("v5e:2x2x2", "2 positive dimensions"), ("tpu-v4-16", "expected"),
 ])
 def test_bad_topology_names(name, match):
-    with pytest.raises(qc.TopologyError, match=match):
-        qc.parse_topology(name)
+    with pytest.raises(TopologyError, match=match):
+        topology.parse_topology(name)
 
 
 def test_chips_per_host():
-    v4, v5e = qc.SPECS["v4"], qc.SPECS["v5e"]
-    assert qc.chips_per_host_bounds(v4, (2, 2, 1)) == (2, 2, 1)
-    assert qc.chips_per_host_bounds(v4, (4, 4, 8)) == (2, 2, 1)
-    assert qc.chips_per_host_bounds(v5e, (2, 4)) == (2, 4, 1)  # v5litepod-8: one host
-    assert qc.chips_per_host_bounds(v5e, (4, 4)) == (2, 2, 1)
+    v4, v5e = topology.SPECS["v4"], topology.SPECS["v5e"]
+    assert topology.chips_per_host_bounds(v4, (2, 2, 1)) == (2, 2, 1)
+    assert topology.chips_per_host_bounds(v4, (4, 4, 8)) == (2, 2, 1)
+    assert topology.chips_per_host_bounds(v5e, (2, 4)) == (2, 4, 1)  # v5litepod-8: one host
+    assert topology.chips_per_host_bounds(v5e, (4, 4)) == (2, 2, 1)
 
 
 # ----------------------------------------------------------------------------- FLOP counter
@@ -72,7 +64,7 @@ def test_jaxpr_flops_match_hand_counts():
         body = lambda h, wi: (jnp.tanh(h @ wi), None)  # noqa: E731
         return jax.lax.scan(jax.checkpoint(body) if remat else body, x, w)[0].sum()
 
-    count = lambda f, *a: qc.jaxpr_matmul_flops(jax.make_jaxpr(f)(*a))  # noqa: E731
+    count = lambda f, *a: jaxpr_matmul_flops(jax.make_jaxpr(f)(*a))  # noqa: E731
     assert count(net, x, w) == (layers * mm, False)
     assert count(jax.grad(net, argnums=1), x, w) == (3 * layers * mm, False)
     assert count(jax.jit(jax.grad(lambda x, w: net(x, w, True), argnums=1)), x, w) == (4 * layers * mm, False)
@@ -89,7 +81,7 @@ def test_jaxpr_flops_match_hand_counts():
 def test_compile_tiny_for_v4():
     """The real train step of a tiny model, compiled by the TPU compiler for a v4-8 (4 chips)."""
     c = tiny_config()
-    r = qc.compile_train_step(c, "v4:2x2x1", log=lambda s: None)
+    r = aot.compile_train_step(c, "v4:2x2x1", log=lambda s: None)
     assert r["chips"] == 4 and r["hosts"] == 1 and r["device_kind"] == "TPU v4"
     assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     mem, usable = r["memory"], r["usable_hbm"]
@@ -114,36 +106,36 @@ def test_compile_tiny_for_v4():
     assert r["flops_executed"] > r["flops_model"]  # full remat recomputes the forward
     assert r["flops_model"] < 10 * train_backbone + 3 * 2 * H * V * rows * K * c.seq_len
     assert r["xla_flops_per_chip"] > 0
-    text = qc.format_report(r, 0.4, tokens_per_step=c.global_batch_size * c.seq_len, steps=c.steps)
+    text = report.format_report(r, 0.4, tokens_per_step=c.global_batch_size * c.seq_len, steps=c.steps)
     assert "usable HBM" in text and "MFU" in text
 
 
 @needs_libtpu
 def test_bad_topology_from_libtpu():
     # Parses, but libtpu rejects a v4 layout that hosts of 2x2x1 chips cannot tile.
-    with pytest.raises(qc.TopologyError, match="v4:3x3x3"):
-        qc.get_topology("v4:3x3x3")
+    with pytest.raises(TopologyError, match="v4:3x3x3"):
+        topology.get_topology("v4:3x3x3")
 
 
 @needs_libtpu
 def test_impossible_mesh_and_batch():
     with pytest.raises(MeshError, match="4 available"):
-        qc.compile_train_step(tiny_config(**{"mesh.fsdp": 3}), "v4:2x2x1", log=lambda s: None)
+        aot.compile_train_step(tiny_config(**{"mesh.fsdp": 3}), "v4:2x2x1", log=lambda s: None)
     with pytest.raises(ConfigError, match="global_batch_size"):  # 2 rows per micro-batch over 4 chips
-        qc.compile_train_step(tiny_config(global_batch_size=2, grad_accum_steps=1), "v4:2x2x1",
+        aot.compile_train_step(tiny_config(global_batch_size=2, grad_accum_steps=1), "v4:2x2x1",
                               log=lambda s: None)
     with pytest.raises(ConfigError, match="2 hosts"):  # v4-16 has 2 hosts; 1 example cannot split
-        qc.compile_train_step(tiny_config(global_batch_size=1, grad_accum_steps=1, **{"mesh.fsdp": 1,
+        aot.compile_train_step(tiny_config(global_batch_size=1, grad_accum_steps=1, **{"mesh.fsdp": 1,
                                                                                        "mesh.data": -1}),
                               "v4:2x2x2", log=lambda s: None)
 
 
 @needs_libtpu
-def test_cli_exit_codes(capsys):
-    assert qc.run(tiny_config(), "v4:7x7") == 2
-    assert "3 positive dimensions" in capsys.readouterr().err
-    assert qc.run(tiny_config(**{"model.preset": "nope"}), "v4:2x2x1") == 2
-    assert "model.preset" in capsys.readouterr().err
+def test_bad_input_raises_before_compiling():
+    with pytest.raises(TopologyError, match="3 positive dimensions"):
+        qc.run(tiny_config(), "v4:7x7")
+    with pytest.raises(ConfigError, match="model.preset"):
+        qc.run(tiny_config(**{"model.preset": "nope"}), "v4:2x2x1")
 
 
 @needs_libtpu
@@ -162,6 +154,6 @@ def test_math_of_report_units():
                          total=2 * 2 ** 30), usable_hbm=30.75 * 2 ** 30, usable_hbm_source="table",
              hbm_gib=32, peak_flops_per_chip=275e12, flops_executed=4 * 275e12, flops_model=3 * 275e12,
              xla_flops_per_chip=1.0, flops_while_once=False, lower_s=1.0, compile_s=2.0, flops_trace_s=0.5)
-    text = qc.format_report(r, mfu=0.5)
+    text = report.format_report(r, mfu=0.5)
     # model FLOPs per chip 0.75 peak-seconds / 0.5 MFU = 1.5 s; lower bound 1 s.
     assert "1.50 s" in text and "1.00 s" in text and math.isclose(2.0, r["memory"]["total"] / 2 ** 30)

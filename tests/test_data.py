@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from quietstar_jax.data import (
-    TextEncoder,
-    batch_at,
-    build_row_source,
-    byte_encoder,
-    default_data_config,
-    hf_encoder,
-    iterate_batches,
-    make_batch_source,
-    make_iterator,
-    materialize_math_corpus,
-    validate_data_config,
-)
-from quietstar_jax.assets import math_corpus as offline_corpus, wheels
-from quietstar_jax.errors import AssetError
+from quietstar_jax.assets import math_corpus as offline_corpus
+from quietstar_jax.assets import wheels
+from quietstar_jax.data import (TextEncoder, batch_at, build_row_source, byte_encoder, default_data_config, hf_encoder,
+                                iterate_batches, make_batch_source, make_iterator, materialize_math_corpus,
+                                validate_data_config)
 from quietstar_jax.data.encoders import as_encoder
 from quietstar_jax.data.token_store import TokenStore
+from quietstar_jax.errors import AssetError
 
 EOS = 300  # outside the byte range, so documents can be recovered from a packed stream by splitting at it
 KEYS = ("tokens", "positions", "segment_ids")

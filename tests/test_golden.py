@@ -16,12 +16,12 @@ Tolerances (both sides float64):
     that cancel: |ours - theirs| <= 1e-9 * (sqrt(sumsq) * sqrt(size)), the scale of the terms summed.
 """
 
+import golden
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import golden
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.rope import rope_cos_sin
 from quietstar_jax.quietstar import layout

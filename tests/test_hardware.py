@@ -1,14 +1,12 @@
-"""quietstar_jax.hardware: every number has a source; the tables that read it agree with it."""
+"""quietstar_jax.tpu.hardware: every number has a source; the tables that read it agree with it."""
 
 import dataclasses
 import numbers
 
 import pytest
 
-from quietstar_jax import compile as qc
-from quietstar_jax import hardware
+from quietstar_jax.tpu import hardware, topology
 from quietstar_jax.training import flops as metrics
-
 
 FACTS = ("tensorcores_per_chip", "dims", "names_count_cores", "chips_per_host", "peak_bf16_flops", "peak_int8_ops",
          "peak_fp8_flops", "hbm_gib", "usable_hbm_gib", "hbm_bytes_per_s", "ici_ports", "ici_link_bytes_per_s",
@@ -27,7 +25,7 @@ def test_every_fact_has_a_source(gen):
 
 
 def test_readers_agree():
-    assert qc.SPECS is hardware.GENERATIONS and qc.TpuSpec is hardware.TpuGeneration
+    assert topology.SPECS is hardware.GENERATIONS and topology.TpuSpec is hardware.TpuGeneration
     for g in hardware.GENERATIONS.values():
         for kind in g.device_kinds:
             assert metrics.PEAK_FLOPS[kind] == g.peak_bf16_flops

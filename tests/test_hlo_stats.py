@@ -1,13 +1,13 @@
-"""quietstar_jax.hlo_stats on handwritten HLO (trip counts, async pairs, tuples, dtypes, phases, HBM
-model) and on the tiny model's real train step compiled for a v4 slice; quietstar_jax.roofline."""
+"""quietstar_jax.tpu.hlo_stats on handwritten HLO (trip counts, async pairs, tuples, dtypes, phases, HBM
+model) and on the tiny model's real train step compiled for a v4 slice; quietstar_jax.tpu.roofline."""
 
 import importlib.util
 import math
 
 import pytest
 
-from quietstar_jax import hardware, hlo_stats, roofline
-from quietstar_jax.hlo_stats import analyze, phase_of, shape_bytes
+from quietstar_jax.tpu import hardware, hlo_stats, roofline
+from quietstar_jax.tpu.hlo_stats import analyze, phase_of, shape_bytes
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install libtpu)")
@@ -285,12 +285,12 @@ def test_roofline_is_the_max():
 def tiny_compiled():
     """The tiny model's train step for v4:2x2x1 (4 chips, fsdp=4) with distinct trip counts: 2
     micro-batches, 3 layers, 4 thought-decode steps (n_ahead 7 -> 4 sampled tokens)."""
-    from test_compile import tiny_config
+    from test_compile import tiny_config  # the compile tests' tiny bf16 + remat step
 
-    from quietstar_jax import compile as qc
+    from quietstar_jax.tpu import aot
 
     c = tiny_config(**{"model.tiny.num_hidden_layers": 3, "quietstar.n_ahead": 7})
-    return c, qc.compile_train_step(c, "v4:2x2x1", log=lambda s: None)
+    return c, aot.compile_train_step(c, "v4:2x2x1", log=lambda s: None)
 
 
 @needs_libtpu

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the launch scripts end to end (gcloud stubbed)
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = ["env.sh", "create.sh", "setup.sh", "fetch.sh", "train.sh", "stop.sh"]

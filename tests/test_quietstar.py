@@ -1,25 +1,24 @@
 """Quiet-STaR core against independent references (dense masks, per-position loops, analytic grads)."""
 
+import builders
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference_quietstar as ref
 
-from quietstar_jax.model import ModelConfig, init_params
+from quietstar_jax.model import init_params
 from quietstar_jax.model.attention import StreamMask, stream_attention
-from quietstar_jax.model.transformer import forward, lm_logits
-from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, quietstar_loss, sample_thoughts
-from quietstar_jax.quietstar import layout
 from quietstar_jax.model.head import token_logprobs
+from quietstar_jax.model.transformer import forward, lm_logits
+from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, layout, quietstar_loss, sample_thoughts
 from quietstar_jax.quietstar.objective import advantages
 from quietstar_jax.quietstar.sampling import sample_inverse_cdf, sampling_uniforms
 from quietstar_jax.quietstar.tokens import embed_with_thoughts
 
-import reference_quietstar as ref
-
 V = 97
-CFG = ModelConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5)
+CFG = builders.model_config(vocab_size=V)
 QS = QuietStarConfig(n_ahead=6, n_ahead_talk=3, n_passes=2, start_id=V, end_id=V + 1)
 
 
@@ -71,8 +70,8 @@ def test_stream_attention_equals_dense_values_and_grads(window):
         o = ref.dense_attention(flat(q), flat(k), flat(v), dense_mask, D ** -0.5).reshape(q.shape)
         return jnp.sum(o * ct), o
 
-    (_, o1), g1 = jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-    (_, o2), g2 = jax.value_and_grad(dense, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, o1), g1 = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    (_, o2), g2 = jax.jit(jax.value_and_grad(dense, argnums=(0, 1, 2), has_aux=True))(q, k, v)
     np.testing.assert_allclose(o1, o2, atol=1e-5, rtol=1e-5)
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
@@ -84,12 +83,13 @@ def test_model_on_streams_equals_dense_transformer():
     thoughts = jax.random.randint(jax.random.key(5), (2, 10, QS.num_thought_tokens), 0, V)
     streams = layout.stream_tokens(QS, batch["tokens"], thoughts)
     K = QS.num_streams
-    h = forward(params, CFG, embed_with_thoughts(params, CFG, QS, streams),
-                layout.stream_positions(QS, batch["positions"]), StreamMask.streams(batch["segment_ids"], K))
+    h = jax.jit(lambda p: forward(p, CFG, embed_with_thoughts(p, CFG, QS, streams),
+                                  layout.stream_positions(QS, batch["positions"]),
+                                  StreamMask.streams(batch["segment_ids"], K)))(params)
     flat = streams.reshape(2, -1)
     pos = layout.stream_positions(QS, batch["positions"]).reshape(2, -1)
-    h_ref = ref.dense_forward(params, CFG, ref.embed_ref(params, QS, flat), pos,
-                              jnp.asarray(ref.dense_stream_mask(batch["segment_ids"], K))).reshape(h.shape)
+    mask = jnp.asarray(ref.dense_stream_mask(batch["segment_ids"], K))
+    h_ref = jax.jit(lambda p: ref.dense_forward(p, CFG, ref.embed_ref(p, QS, flat), pos, mask))(params).reshape(h.shape)
     np.testing.assert_allclose(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
@@ -102,8 +102,8 @@ def test_parallel_sampling_equals_naive_per_position_loop(top_k):
     params = make_params(qs=qs)
     batch = make_batch(B=2, L=5)
     key = jax.random.key(7)
-    thoughts, _, raws = sample_thoughts(params, CFG, qs, batch["tokens"], batch["positions"],
-                                        batch["segment_ids"], key, return_logits=True)
+    thoughts, _, raws = jax.jit(lambda p: sample_thoughts(p, CFG, qs, batch["tokens"], batch["positions"],
+                                                          batch["segment_ids"], key, return_logits=True))(params)
     naive, naive_raws = ref.naive_thoughts(params, CFG, qs, batch["tokens"], batch["positions"], key,
                                               sampling_uniforms)
     np.testing.assert_allclose(raws, naive_raws, atol=1e-4, rtol=1e-4)
@@ -296,7 +296,7 @@ def test_padding_and_tail_positions_are_masked():
     params = make_params()
     b = make_batch(L=10, pad_from=6)
     th = jax.random.randint(jax.random.key(2), (4, 10, QS.num_thought_tokens), 0, V)
-    loss = lambda bb, tt: quietstar_loss(params, CFG, QS, bb, None, thoughts=tt)  # noqa: E731
+    loss = jax.jit(lambda bb, tt: quietstar_loss(params, CFG, QS, bb, None, thoughts=tt))
     l0, m0 = loss(b, th)
     # Change padded tokens and the thoughts at padded positions: nothing may change.
     b2 = dict(b, tokens=b["tokens"].at[-1, 6:].set(1))
@@ -316,13 +316,12 @@ def test_padding_and_tail_positions_are_masked():
     only_pg = QS.replace(base_loss_weight=0.0, mix_loss_weight=0.0, policy_weight=1.0)
     grad = jax.jit(jax.grad(lambda p, t: quietstar_loss(p, CFG, only_pg, b, None, thoughts=t)[0]))
     g, g2 = grad(params, th), grad(params, th.at[:, 6:].set(0))
-    for a, c in zip(jax.tree.leaves(g), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, c, atol=1e-7)
+    chex.assert_trees_all_close(g, g2, atol=1e-7, rtol=0)
 
 
 def test_reward_is_exactly_zero_at_init():
     params = make_params(live_head=False)
-    _, m = quietstar_loss(params, CFG, QS, make_batch(), jax.random.key(0))
+    _, m = jax.jit(lambda p: quietstar_loss(p, CFG, QS, make_batch(), jax.random.key(0)))(params)
     assert float(m["reward_mean"]) == 0.0 and float(m["reward_std"]) == 0.0
     assert float(m["mixing_weight"]) == 0.0
     assert 0 < float(m["thought_entropy"]) <= np.log(V) + 1e-4
@@ -332,9 +331,9 @@ def test_bf16_compute_agrees_with_fp32():
     params = make_params()
     b = make_batch()
     th = jax.random.randint(jax.random.key(4), (4, 10, QS.num_thought_tokens), 0, V)
-    _, m32 = quietstar_loss(params, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th)
-    _, m16 = quietstar_loss(params, CFG.replace(dtype="bfloat16"), QS.replace(policy_weight=1.0), b, None,
-                            thoughts=th)
+    _, m32 = jax.jit(lambda p: quietstar_loss(p, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th))(params)
+    _, m16 = jax.jit(lambda p: quietstar_loss(p, CFG.replace(dtype="bfloat16"), QS.replace(policy_weight=1.0), b,
+                                              None, thoughts=th))(params)
     # Stated tolerance: bf16 activations (8-bit mantissa) move per-token log-probs by ~1e-2 on this
     # model; averaged NLLs agree to 2e-2 absolute.
     for k in ("nll_base", "nll_mix"):
@@ -345,7 +344,7 @@ def test_baseline_config_is_plain_lm():
     params = make_params()
     b = make_batch()
     off = QuietStarConfig(n_ahead=1, n_ahead_talk=1, n_passes=1)
-    loss, m = quietstar_loss(params, CFG, off, b, jax.random.key(0))
+    loss, m = jax.jit(lambda p: quietstar_loss(p, CFG, off, b, jax.random.key(0)))(params)
     logits = lm_logits(params, CFG, forward(params, CFG, embed_with_thoughts(params, CFG, QS, b["tokens"])[:, None],
                                             b["positions"][:, None], StreamMask.causal(b["segment_ids"]))[:, 0])
     lp = jax.nn.log_softmax(logits)[:, :-1]
@@ -367,15 +366,15 @@ def test_dense_attention_impl_matches_stream_impl():
     params = make_params()
     b = make_batch(pad_from=7)
     th = jax.random.randint(jax.random.key(4), (4, 10, QS.num_thought_tokens), 0, V)
-    l1, _ = quietstar_loss(params, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th)
-    l2, _ = quietstar_loss(params, CFG.replace(attention_impl="dense"), QS.replace(policy_weight=1.0), b, None,
-                           thoughts=th)
+    l1, _ = jax.jit(lambda p: quietstar_loss(p, CFG, QS.replace(policy_weight=1.0), b, None, thoughts=th))(params)
+    l2, _ = jax.jit(lambda p: quietstar_loss(p, CFG.replace(attention_impl="dense"), QS.replace(policy_weight=1.0), b,
+                                             None, thoughts=th))(params)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
 
 
 def test_pair_policy_loss_equals_full_policy_loss():
     """P = 2 + clamp: logits only for the better thought of each pair, same value and gradient."""
-    from quietstar_jax.quietstar.objective import _policy_logp_pairs, policy_logprobs
+    from quietstar_jax.quietstar.objective import policy_logp_pairs, policy_logprobs
 
     qs = QS.replace(n_passes=2, clamp_advantage=True)
     params = make_params(qs=qs)
@@ -388,17 +387,17 @@ def test_pair_policy_loss_equals_full_policy_loss():
     def full(p, h):
         return jnp.sum(jax.lax.stop_gradient(adv) * policy_logprobs(p, CFG, qs, h, thoughts).sum(-1))
 
-    pair = lambda p, h: _policy_logp_pairs(p, CFG, qs, h, thoughts, adv)  # noqa: E731
+    pair = lambda p, h: policy_logp_pairs(p, CFG, qs, h, thoughts, adv)  # noqa: E731
     (l1, g1), (l2, g2) = [jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(params, hidden) for f in (full, pair)]
     np.testing.assert_allclose(l2, l1, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(g2, g1, rtol=1e-5, atol=1e-7)
 
 
 def test_mixing_head_init_follows_the_authors():
     """Hidden layers N(0, initializer_range) with zero biases, last layer zero without a bias: the
     authors' structure (same names and shapes as their talk_head in the golden fixture)."""
     import golden
+
     from quietstar_jax.quietstar.mixing import init_mixing_head
 
     case = golden.Case(f"{golden.FIXTURE_DIR}/case_a")

@@ -8,6 +8,7 @@ import json
 import os
 import warnings
 
+import builders
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from quietstar_jax.hf import CheckpointMismatchError, load_hf_folder, load_quietstar_hf, save_quietstar_hf
 from quietstar_jax.hf.quietstar_export import CONFIG_NAME, SIDECAR_NAME
-from quietstar_jax.model import ModelConfig, param_shapes
+from quietstar_jax.model import param_shapes
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.transformer import forward, lm_logits
 from quietstar_jax.quietstar import QuietStarConfig
@@ -37,10 +38,9 @@ VARIANT_IDS = [f"{'tied' if t else 'untied'}-{m}" for t, m in VARIANTS]
 def make(tied: bool, mode: str = "outside", vocab: int = V, hidden: int = 32, layers: int = 2, seed: int = 0,
          last_bias: bool = False):
     """Tiny random model with non-trivial norms/biases and a live (non-zero) mixing head."""
-    cfg = ModelConfig(model_type="llama" if tied else "qwen2", vocab_size=vocab, hidden_size=hidden,
-                      intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=hidden // 4, rms_norm_eps=1e-5, tie_word_embeddings=tied,
-                      qkv_bias=not tied, max_position_embeddings=64)
+    cfg = builders.model_config(model_type="llama" if tied else "qwen2", vocab_size=vocab, hidden_size=hidden,
+                                num_hidden_layers=layers, head_dim=hidden // 4, tie_word_embeddings=tied,
+                                qkv_bias=not tied, max_position_embeddings=64)
     start, end = IDS[mode] if vocab == V else (vocab, vocab + 1)
     qs = QuietStarConfig(n_ahead=4, n_ahead_talk=2, start_id=start, end_id=end, mixing_head_last_bias=last_bias)
     rng = np.random.RandomState(seed)

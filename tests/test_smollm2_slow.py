@@ -18,8 +18,8 @@ def test_smollm2_logits_perplexity_and_round_trip(tmp_path):
     import jax.numpy as jnp
     import transformers
 
-    from quietstar_jax.hf import load_hf_folder, save_hf_folder
     from quietstar_jax.assets.smollm2 import materialize_smollm2
+    from quietstar_jax.hf import load_hf_folder, save_hf_folder
     from quietstar_jax.model.transformer import causal_lm_logits
 
     folder = materialize_smollm2()

@@ -71,6 +71,7 @@ def _final_params(workdir):
             **{"qs." + k: v for k, v in load_file(os.path.join(exp, "quietstar.safetensors")).items()}}
 
 
+@pytest.mark.e2e
 def test_resume_after_sigkill_and_sigterm_is_bit_exact(tmp_path):
     ref = str(tmp_path / "ref")
     _run(ref)
@@ -130,6 +131,7 @@ def test_config_errors_before_compile(tmp_path):
     config_lib.validate(c)
 
 
+@pytest.mark.e2e
 def test_cli_rejects_unknown_override(tmp_path):
     out = subprocess.run([sys.executable, "-m", "quietstar_jax.train", f"--config={TINY}",
                           "--config.optimizer.lerning_rate=1.0", f"--workdir={tmp_path}"],

@@ -1,5 +1,7 @@
 """Train step, sharding, optimizer: same step on different meshes, accumulation, lr multipliers, guard."""
 
+import builders
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,27 +10,15 @@ import pytest
 from quietstar_jax.model import ConfigError
 from quietstar_jax.sharding import MeshError, make_mesh, resolve_mesh_shape
 from quietstar_jax.training import config as config_lib
-from quietstar_jax.training.step import make_train_step, split_microbatches
-from quietstar_jax.training.state import init_state, random_params_fn
 from quietstar_jax.training.setup import build_setup, model_config_only
+from quietstar_jax.training.state import init_state, random_params_fn
+from quietstar_jax.training.step import make_train_step, split_microbatches
 
 START, END = 256, 257
 
 
 def tiny_config(**over):
-    c = config_lib.base_config()
-    c.model.source = "tiny"
-    c.model.dtype = "float32"
-    c.model.remat_policy = "none"
-    c.seq_len = 8  # small programs: these tests are dominated by XLA compile time
-    c.global_batch_size = 8
-    c.steps = 10
-    c.quietstar.n_ahead = 4
-    c.quietstar.n_ahead_talk = 2
-    c.quietstar.n_passes = 2
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 0
-    return config_lib.override(c, **over)
+    return builders.run_config(**over)
 
 
 def make_batch(B, L, seed=0, vocab=256):
@@ -76,9 +66,8 @@ def test_same_step_on_every_mesh(opt):
         st, m = run_one_step(c, dict(zip(("data", "fsdp", "tensor"), shape)), tx)
         for k in ("loss", "nll_base", "nll_mix", "policy_loss", "reward_mean", "grad_norm"):
             np.testing.assert_allclose(m[k], ref_m[k], rtol=0, atol=1e-5, err_msg=f"{shape} {k}")
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(st["params"])[0],
-                                jax.tree.leaves(ref_state["params"])):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=f"{shape} {jax.tree_util.keystr(path)}")
+        chex.assert_trees_all_close(st["params"], ref_state["params"], rtol=0, atol=1e-5,
+                                    custom_message=f"mesh {shape}")
 
 
 def _single():
@@ -107,8 +96,9 @@ def test_grad_accumulation_equals_mean_of_microbatch_grads():
     c = tiny_config(global_batch_size=4, grad_accum_steps=2)
     cfg, _ = model_config_only(c)
     qs = config_lib.quietstar_config(c, START, END)
-    from quietstar_jax.quietstar.objective import quietstar_loss
     import optax
+
+    from quietstar_jax.quietstar.objective import quietstar_loss
 
     params = jax.jit(random_params_fn(cfg, qs, 0, [45]))()
     tx = optax.sgd(1.0)
@@ -127,8 +117,7 @@ def test_grad_accumulation_equals_mean_of_microbatch_grads():
         losses.append(l)
     want = jax.tree.map(lambda p, a, b: p - (a + b) / 2, params, *grads)
     np.testing.assert_allclose(m["loss"], (losses[0] + losses[1]) / 2, rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(new["params"], want, rtol=1e-5, atol=1e-6)
     # micro-batches are strided rows
     np.testing.assert_array_equal(micro["tokens"][1], batch["tokens"][1::2])
 
@@ -168,9 +157,7 @@ def test_non_finite_step_is_skipped():
     new, m = setup.step_fn(bad, batch, jax.random.key(0))
     new = jax.device_get(new)
     assert m["finite"] == 0.0 and int(new["step"]) == 1
-    for a, b in zip(jax.tree.leaves(new["params"]) + jax.tree.leaves(new["opt_state"]),
-                    jax.tree.leaves(before["params"]) + jax.tree.leaves(before["opt_state"])):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal((new["params"], new["opt_state"]), (before["params"], before["opt_state"]))
 
 
 def test_mesh_errors():

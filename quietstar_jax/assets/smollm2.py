@@ -191,65 +191,80 @@ def _env(**values: str):
 def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None:
     """GGUF -> HF folder (float32 safetensors + config + tokenizer) in out_dir, marker last."""
     # Offline before transformers/huggingface_hub are first imported (they read it at import time).
-    with _env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"):
+    # No progress bars (GGUF de-quantisation, weight loading, shard writing): the caller reports the
+    # phase in one line.
+    with _env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1"):
         try:
             import torch
             import transformers
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
             raise AssetError(f"SmolLM2: cannot import torch/transformers ({e}); {_INSTALL_HINT}") from e
-
-        load_kwargs = {}
-        try:  # transformers >= 5: ask for a plain dense model explicitly (4.x always dequantises GGUF)
-            from transformers import GgufConfig
-
-            load_kwargs["quantization_config"] = GgufConfig(dequantize=True)
-        except ImportError:
-            pass
-
-        t0 = time.time()
+        transformers.utils.logging.disable_progress_bar()
+        verbosity = transformers.utils.logging.get_verbosity()
+        transformers.utils.logging.set_verbosity_error()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32, **load_kwargs
-            )
-        except ImportError as e:
-            raise AssetError(f"SmolLM2: loading the GGUF needs a missing library ({e}); {_INSTALL_HINT}") from e
-        except Exception as e:
-            raise AssetError(f"SmolLM2: transformers could not load {GGUF_NAME}: {type(e).__name__}: {e}") from e
+            _load_and_save(gguf_dir, out_dir, wheel=wheel, gguf_path=gguf_path, torch=torch,
+                           transformers=transformers, auto_model=AutoModelForCausalLM, auto_tokenizer=AutoTokenizer)
+        finally:
+            transformers.utils.logging.set_verbosity(verbosity)
+            transformers.utils.logging.enable_progress_bar()
 
-        # If a quantizer is still attached save_pretrained refuses ("gguf ... not serializable"); the
-        # weights are dense float tensors at this point, so dropping the quantizer is all that is needed.
-        quantizer = getattr(model, "hf_quantizer", None)
-        if quantizer is not None:
-            quantizer.remove_quantization_config(model)
-        model = model.to(torch.float32).eval()
-        _check_model(model, tokenizer, torch)
 
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
-        marker = {
-            "model": "SmolLM2-135M-Instruct",
-            "source_wheel": WHEEL_REQUIREMENT,
-            "source_wheel_file": os.path.basename(wheel),
-            "gguf_member": GGUF_MEMBER,
-            "gguf_sha256": _sha256(gguf_path),
-            "gguf_quantization": "Q4_1 (token_embd Q8_0), dequantised",
-            "saved_dtype": SAVE_DTYPE,
-            "tie_word_embeddings": True,
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-            "conversion_seconds": round(time.time() - t0, 1),
-        }
-        missing = [n for n in REQUIRED_FILES if n != MARKER_NAME and not os.path.isfile(os.path.join(out_dir, n))]
-        if missing:
-            raise AssetError(
-                f"SmolLM2: save_pretrained did not write {missing} (transformers {transformers.__version__})"
-            )
-        with open(os.path.join(out_dir, MARKER_NAME), "w") as f:
-            json.dump(marker, f, indent=2)
-            f.write("\n")
-        _normal_permissions(out_dir)
+def _load_and_save(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str, torch, transformers, auto_model,
+                   auto_tokenizer) -> None:
+    """Loads the GGUF with transformers (dequantised), checks it, saves model + tokenizer + marker."""
+    load_kwargs = {}
+    try:  # transformers >= 5: ask for a plain dense model explicitly (4.x always dequantises GGUF)
+        from transformers import GgufConfig
+
+        load_kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+
+    t0 = time.time()
+    try:
+        tokenizer = auto_tokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+        model = auto_model.from_pretrained(
+            gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32, **load_kwargs
+        )
+    except ImportError as e:
+        raise AssetError(f"SmolLM2: loading the GGUF needs a missing library ({e}); {_INSTALL_HINT}") from e
+    except Exception as e:
+        raise AssetError(f"SmolLM2: transformers could not load {GGUF_NAME}: {type(e).__name__}: {e}") from e
+
+    # If a quantizer is still attached save_pretrained refuses ("gguf ... not serializable"); the
+    # weights are dense float tensors at this point, so dropping the quantizer is all that is needed.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model = model.to(torch.float32).eval()
+    _check_model(model, tokenizer, torch)
+
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    marker = {
+        "model": "SmolLM2-135M-Instruct",
+        "source_wheel": WHEEL_REQUIREMENT,
+        "source_wheel_file": os.path.basename(wheel),
+        "gguf_member": GGUF_MEMBER,
+        "gguf_sha256": _sha256(gguf_path),
+        "gguf_quantization": "Q4_1 (token_embd Q8_0), dequantised",
+        "saved_dtype": SAVE_DTYPE,
+        "tie_word_embeddings": True,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "conversion_seconds": round(time.time() - t0, 1),
+    }
+    missing = [n for n in REQUIRED_FILES if n != MARKER_NAME and not os.path.isfile(os.path.join(out_dir, n))]
+    if missing:
+        raise AssetError(
+            f"SmolLM2: save_pretrained did not write {missing} (transformers {transformers.__version__})"
+        )
+    with open(os.path.join(out_dir, MARKER_NAME), "w") as f:
+        json.dump(marker, f, indent=2)
+        f.write("\n")
+    _normal_permissions(out_dir)
 
 
 def _check_model(model, tokenizer, torch) -> None:

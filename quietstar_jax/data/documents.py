@@ -45,28 +45,28 @@ def _as_str(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def iter_local_documents(cfg) -> Iterator[str]:
+def iter_local_documents(data_cfg) -> Iterator[str]:
     """Document strings of a local source (data.source in jsonl / text / parquet), in file order.
 
     Reads at most data.max_documents records (0 = all); empty documents are yielded too (the caller
     drops them after tokenising, so that max_documents counts source records).
     """
-    files = resolve_local_files(cfg.path, cfg.source)
-    read = {"jsonl": _jsonl_docs, "text": _text_docs, "parquet": _parquet_docs}[cfg.source]
-    docs = itertools.chain.from_iterable(read(f, cfg) for f in files)
-    return itertools.islice(docs, cfg.max_documents) if cfg.max_documents else docs
+    files = resolve_local_files(data_cfg.path, data_cfg.source)
+    read = {"jsonl": _jsonl_docs, "text": _text_docs, "parquet": _parquet_docs}[data_cfg.source]
+    docs = itertools.chain.from_iterable(read(f, data_cfg) for f in files)
+    return itertools.islice(docs, data_cfg.max_documents) if data_cfg.max_documents else docs
 
 
-def local_files_fingerprint(cfg) -> list:
+def local_files_fingerprint(data_cfg) -> list:
     """(path, size, mtime) of every input file: part of the cache key, so an edited file is re-read."""
     out = []
-    for f in resolve_local_files(cfg.path, cfg.source):
+    for f in resolve_local_files(data_cfg.path, data_cfg.source):
         st = os.stat(f)
         out.append([f, st.st_size, st.st_mtime_ns])
     return out
 
 
-def _jsonl_docs(path: str, cfg) -> Iterator[str]:
+def _jsonl_docs(path: str, data_cfg) -> Iterator[str]:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -77,16 +77,16 @@ def _jsonl_docs(path: str, cfg) -> Iterator[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            yield render_record(record, cfg.text_field, cfg.text_template, where)
+            yield render_record(record, data_cfg.text_field, data_cfg.text_template, where)
 
 
-def _text_docs(path: str, cfg) -> Iterator[str]:
+def _text_docs(path: str, data_cfg) -> Iterator[str]:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
-    if cfg.text_unit == "file":
+    if data_cfg.text_unit == "file":
         yield text.strip()
         return
     for para in _PARAGRAPH_BREAK.split(text):
@@ -94,11 +94,11 @@ def _text_docs(path: str, cfg) -> Iterator[str]:
             yield para.strip()
 
 
-def _parquet_docs(path: str, cfg) -> Iterator[str]:
+def _parquet_docs(path: str, data_cfg) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    wanted = template_fields(cfg.text_template) if cfg.text_template else [cfg.text_field]
+    wanted = template_fields(data_cfg.text_template) if data_cfg.text_template else [data_cfg.text_field]
     have = set(pf.schema_arrow.names)
     missing = [c for c in dict.fromkeys(wanted) if c not in have]
     if missing:
@@ -107,5 +107,5 @@ def _parquet_docs(path: str, cfg) -> Iterator[str]:
     row = 0
     for batch in pf.iter_batches(batch_size=1024, columns=list(dict.fromkeys(wanted))):
         for record in batch.to_pylist():
-            yield render_record(record, cfg.text_field, cfg.text_template, f"{path}:row {row}")
+            yield render_record(record, data_cfg.text_field, data_cfg.text_template, f"{path}:row {row}")
             row += 1

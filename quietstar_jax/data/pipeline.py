@@ -33,49 +33,49 @@ def build_row_source(data_cfg, encoder: TextEncoder, seq_len: int, cache_dir: st
     array_record cache (reused by later runs), or opens a tfds dataset for lazy tokenisation (tfds + crop).
     """
     validate_data_config(data_cfg)
-    cfg = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
+    data_cfg = ml_collections.ConfigDict(data_cfg.to_dict() if hasattr(data_cfg, "to_dict") else dict(data_cfg))
     if not isinstance(seq_len, (int, np.integer)) or seq_len <= 0:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
     enc = as_encoder(encoder)
-    bos, eos = _special_id(enc.bos_id, cfg.add_bos, "bos"), _special_id(enc.eos_id, cfg.add_eos, "eos")
-    corpus_root = cache_root(cfg)
-    root = corpus_root if cfg.cache_dir or not cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
-    rows_cls = PackedRows if cfg.mode == "pack" else CroppedRows
+    bos, eos = _special_id(enc.bos_id, data_cfg.add_bos, "bos"), _special_id(enc.eos_id, data_cfg.add_eos, "eos")
+    corpus_root = cache_root(data_cfg)
+    root = corpus_root if data_cfg.cache_dir or not cache_dir else os.path.abspath(os.path.expanduser(cache_dir))
+    rows_cls = PackedRows if data_cfg.mode == "pack" else CroppedRows
 
-    if cfg.source == "tfds":
+    if data_cfg.source == "tfds":
         from quietstar_jax.data.tfds_text import TfdsTexts
 
-        texts = TfdsTexts(cfg)
+        texts = TfdsTexts(data_cfg)
         if len(texts) == 0:
-            raise ValueError(f"data.tfds_name={cfg.tfds_name!r} split {cfg.split!r} holds no records")
-        if cfg.mode == "crop":  # one document per row: tokenise in the reader threads, no preparation
+            raise ValueError(f"data.tfds_name={data_cfg.tfds_name!r} split {data_cfg.split!r} holds no records")
+        if data_cfg.mode == "crop":  # one document per row: tokenise in the reader threads, no preparation
             docs = Documents(len(texts), lambda i: enc.encode(texts[i]), None, bos, eos)
-            return rows_cls(docs, int(seq_len), cfg.seed, cfg.shuffle)
+            return rows_cls(docs, int(seq_len), data_cfg.seed, data_cfg.shuffle)
         spec = {"source": "tfds", "tfds": texts.fingerprint}
-        what = f"data.tfds_name={cfg.tfds_name!r} split {cfg.split!r}"
+        what = f"data.tfds_name={data_cfg.tfds_name!r} split {data_cfg.split!r}"
 
         def read_texts():
             return (texts[i] for i in range(len(texts)))
     else:
         from quietstar_jax.data.documents import iter_local_documents, local_files_fingerprint
 
-        if cfg.source == "offline_math":
+        if data_cfg.source == "offline_math":
             from quietstar_jax.assets.math_corpus import materialize_math_corpus
 
-            cfg.update(source="jsonl", path=materialize_math_corpus(corpus_root), text_field="text", text_template="")
-        spec = {"source": cfg.source, "files": local_files_fingerprint(cfg), "text_unit": cfg.text_unit}
-        what = f"data.path={cfg.path!r}"
+            data_cfg.update(source="jsonl", path=materialize_math_corpus(corpus_root), text_field="text", text_template="")
+        spec = {"source": data_cfg.source, "files": local_files_fingerprint(data_cfg), "text_unit": data_cfg.text_unit}
+        what = f"data.path={data_cfg.path!r}"
 
         def read_texts():
-            return iter_local_documents(cfg)
-    spec.update(text_field=cfg.text_field, text_template=cfg.text_template, max_documents=cfg.max_documents,
+            return iter_local_documents(data_cfg)
+    spec.update(text_field=data_cfg.text_field, text_template=data_cfg.text_template, max_documents=data_cfg.max_documents,
                 tokenizer=enc.cache_fingerprint())
     # Imported here: it imports tensorflow_datasets (~1 s), which crop-from-tfds and config users skip.
     from quietstar_jax.data.token_store import open_or_prepare
 
     store = open_or_prepare(root, spec, read_texts, enc, what)
     return rows_cls(Documents(len(store), store.__getitem__, store.lengths, bos, eos), int(seq_len),
-                    cfg.seed, cfg.shuffle)
+                    data_cfg.seed, data_cfg.shuffle)
 
 
 def batch_at(rows: RowSource, step: int, global_batch: int, process_index: int = 0,

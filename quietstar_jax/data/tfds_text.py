@@ -20,34 +20,34 @@ from quietstar_jax.errors import ConfigError
 class TfdsTexts:
     """Documents of ``data.tfds_name`` / ``data.split``: len() and texts[i] -> str (possibly empty)."""
 
-    def __init__(self, cfg):
+    def __init__(self, data_cfg):
         import tensorflow_datasets as tfds
 
-        self.name, self.split = cfg.tfds_name, cfg.split
-        self.text_field, self.text_template = cfg.text_field, cfg.text_template
-        builder = _builder(tfds, cfg.tfds_name, cfg.tfds_data_dir or None)
+        self.name, self.split = data_cfg.tfds_name, data_cfg.split
+        self.text_field, self.text_template = data_cfg.text_field, data_cfg.text_template
+        builder = _builder(tfds, data_cfg.tfds_name, data_cfg.tfds_data_dir or None)
         if not builder.is_prepared():
             raise ConfigError(
-                f"data.tfds_name={cfg.tfds_name!r} is not prepared in {builder.data_dir}; prepare it where "
-                f"TensorFlow is available: `tfds build {cfg.tfds_name} --data_dir=<dir> "
+                f"data.tfds_name={data_cfg.tfds_name!r} is not prepared in {builder.data_dir}; prepare it where "
+                f"TensorFlow is available: `tfds build {data_cfg.tfds_name} --data_dir=<dir> "
                 "--file_format=array_record`, then set data.tfds_data_dir=<dir>")
         fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
         if fmt != "array_record":
-            raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} in {builder.data_dir} is stored as {fmt}; "
+            raise ConfigError(f"data.tfds_name={data_cfg.tfds_name!r} in {builder.data_dir} is stored as {fmt}; "
                              "random access needs array_record: rebuild with --file_format=array_record")
         features = set(builder.info.features.keys())
-        wanted = template_fields(cfg.text_template) if cfg.text_template else [cfg.text_field]
+        wanted = template_fields(data_cfg.text_template) if data_cfg.text_template else [data_cfg.text_field]
         if missing := [f for f in wanted if f not in features]:
-            raise ConfigError(f"data.tfds_name={cfg.tfds_name!r} has no feature(s) {missing} "
+            raise ConfigError(f"data.tfds_name={data_cfg.tfds_name!r} has no feature(s) {missing} "
                              f"(data.text_field / data.text_template); features: {sorted(features)}")
         try:
-            self._source = builder.as_data_source(split=cfg.split)
+            self._source = builder.as_data_source(split=data_cfg.split)
         except ValueError as e:  # unknown split / bad slice
-            raise ConfigError(f"data.split={cfg.split!r} for {cfg.tfds_name!r}: {e}") from None
+            raise ConfigError(f"data.split={data_cfg.split!r} for {data_cfg.tfds_name!r}: {e}") from None
         n = len(self._source)
-        self._len = min(n, cfg.max_documents) if cfg.max_documents else n
+        self._len = min(n, data_cfg.max_documents) if data_cfg.max_documents else n
         # Identifies the prepared data for the tokenised-cache key.
-        self.fingerprint = [cfg.tfds_name, str(builder.data_dir), cfg.split, str(builder.info.version), n]
+        self.fingerprint = [data_cfg.tfds_name, str(builder.data_dir), data_cfg.split, str(builder.info.version), n]
 
     def __len__(self) -> int:
         return self._len

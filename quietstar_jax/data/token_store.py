@@ -14,6 +14,7 @@ never mistaken for a finished one. Hosts that share one cache folder should prep
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -53,6 +54,14 @@ class TokenizedDocs(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self, description="quietstar_jax tokenised documents (cache)", disable_shuffling=True,
             features=tfds.features.FeaturesDict({"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}))
+
+    # tfds prints "Downloading and preparing dataset ..." / "... downloaded and prepared" for every
+    # preparation; for a cache of our own the caller reports the phase in one line instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -95,17 +104,35 @@ def open_or_prepare(root: str, spec: dict, texts: Callable[[], Iterable[str]], e
     """
     store_dir = os.path.join(root, "tokenized", store_key(spec))
     os.makedirs(store_dir, exist_ok=True)
-    builder = TokenizedDocs(texts=texts, encoder=encoder, data_dir=store_dir, file_format="array_record")
-    if not builder.is_prepared():
-        try:
-            builder.download_and_prepare()
-        except EmptyCorpusError as e:
-            raise EmptyCorpusError(f"{what}: {e}") from None
+    with _quiet_tfds():
+        builder = TokenizedDocs(texts=texts, encoder=encoder, data_dir=store_dir, file_format="array_record")
+        prepared = builder.is_prepared()
+        if not prepared:
+            try:
+                builder.download_and_prepare()
+            except EmptyCorpusError as e:
+                raise EmptyCorpusError(f"{what}: {e}") from None
+    if not prepared:
         lengths = np.asarray(builder.lengths, np.int64)
         _atomic_write(os.path.join(store_dir, "lengths.npy"), lambda f: np.save(f, lengths))
         _atomic_write(os.path.join(store_dir, "source.json"),
                       lambda f: f.write(json.dumps(spec, indent=1, sort_keys=True, default=str).encode()))
     return TokenStore(store_dir)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """No tfds progress bars and no absl warnings about a store that does not exist yet ("has no
+    dataset_info.json") while opening / preparing the cache."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 def _load_lengths(store_dir: str, source) -> np.ndarray:

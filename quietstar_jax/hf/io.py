@@ -20,9 +20,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
 from quietstar_jax.hf.mapping import CheckpointMismatchError, check_names_and_shapes, hf_to_params, params_to_hf
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -118,7 +118,7 @@ def load_hf_folder(folder: str, place=None, **runtime) -> tuple[ModelConfig, dic
     return cfg, params, raw
 
 
-def _gather_to_host(params):
+def gather_to_host(params):
     """Every leaf as a host numpy array (works for multi-host sharded arrays too)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -140,7 +140,7 @@ def save_hf_folder(folder: str, cfg: ModelConfig, params: dict, dtype: str = "bf
     """
     if dtype not in DTYPES:
         raise ConfigError(f"export dtype {dtype!r} not in {sorted(DTYPES)}")
-    host = _gather_to_host(params)
+    host = gather_to_host(params)
     if jax.process_index() != 0:
         return folder
     folder = os.path.abspath(folder)

@@ -13,10 +13,11 @@ import re
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from quietstar_jax.errors import CheckpointMismatchError  # noqa: F401 - re-exported
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.params import _full_spec, _unflatten
+from quietstar_jax.model.params import param_spec, unflatten
 
 # Tensors some checkpoints carry that hold no parameters (buffers recomputed from the config).
 IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
@@ -28,7 +29,7 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 def hf_names(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple, int | None]]:
     """{hf tensor name: (param path, expected HF shape, layer index or None)}."""
     out = {}
-    for path, (shape, _, _) in _full_spec(cfg).items():
+    for path, (shape, _, _) in param_spec(cfg).items():
         if path[:2] == ("model", "layers"):
             for i in range(cfg.num_hidden_layers):
                 out[f"model.layers.{i}." + ".".join(path[2:])] = (path, shape[1:], i)
@@ -72,7 +73,7 @@ def hf_to_params(cfg: ModelConfig, get: Callable[[str], np.ndarray], dtype=np.fl
     (e.g. jax.device_put with its sharding) so the host holds at most one stacked leaf at a time.
     """
     flat: dict[tuple, object] = {}
-    spec = _full_spec(cfg)
+    spec = param_spec(cfg)
     for path, (shape, _, _) in spec.items():
         if path[:2] == ("model", "layers"):
             name = ".".join(path[2:])
@@ -82,18 +83,12 @@ def hf_to_params(cfg: ModelConfig, get: Callable[[str], np.ndarray], dtype=np.fl
         else:
             arr = np.asarray(get(".".join(path))).astype(dtype)
         flat[path] = place(path, arr) if place else arr
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def params_to_hf(cfg: ModelConfig, params: dict, dtype) -> Iterable[tuple[str, np.ndarray]]:
     """Yields (hf name, array in `dtype`) one tensor at a time, in HF's natural order."""
-
-    def leaf(path):
-        node = params
-        for k in path:
-            node = node[k]
-        return node
-
+    flat = traverse_util.flatten_dict(params)
     names = hf_names(cfg)
 
     def order(name):
@@ -102,5 +97,5 @@ def params_to_hf(cfg: ModelConfig, params: dict, dtype) -> Iterable[tuple[str, n
 
     for name in sorted(names, key=order):
         path, _, layer = names[name]
-        arr = np.asarray(leaf(path)[layer] if layer is not None else leaf(path))
+        arr = np.asarray(flat[path][layer] if layer is not None else flat[path])
         yield name, arr.astype(dtype)

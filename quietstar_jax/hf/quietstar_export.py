@@ -64,13 +64,13 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from quietstar_jax.hf.io import (DTYPES, INDEX_NAME, SINGLE_NAME, _gather_to_host, read_hf_config, save_hf_folder,
+from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
+from quietstar_jax.hf.io import (DTYPES, INDEX_NAME, SINGLE_NAME, gather_to_host, read_hf_config, save_hf_folder,
                                  tensor_files)
 from quietstar_jax.hf.mapping import CheckpointMismatchError, check_names_and_shapes, hf_names, hf_to_params
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN
-from quietstar_jax.errors import CheckpointCorruptError, ConfigError, PathNotFoundError
 
 SIDECAR_NAME = "quietstar.safetensors"
 CONFIG_NAME = "quietstar_config.json"
@@ -247,7 +247,7 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
 
     # ---- sidecar (small: gathered to every host, written by process 0)
     side_src = {"thought_embeddings": q["thought_embeddings"], "head": q["talk_head"], "orig": orig}
-    side_host = _gather_to_host(side_src)
+    side_host = gather_to_host(side_src)
     if jax.process_index() != 0:
         save_hf_folder(folder, cfg1, out_params, dtype=dtype, max_shard_bytes=max_shard_bytes,
                        base_config=base_config)

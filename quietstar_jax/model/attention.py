@@ -20,10 +20,9 @@ teacher-forced training pass (Kq = K, Kd = K - 1).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from quietstar_jax.model.numerics import acc_dtype
 
@@ -32,8 +31,7 @@ from quietstar_jax.model.numerics import acc_dtype
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
+@struct.dataclass
 class StreamMask:
     """Structured attention mask: who sees whom, without materialising a dense mask.
 

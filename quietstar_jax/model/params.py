@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from quietstar_jax.model.config import ModelConfig
 
@@ -57,8 +58,9 @@ def _layer_spec(cfg: ModelConfig) -> dict:
     return spec
 
 
-def _full_spec(cfg: ModelConfig) -> dict:
-    """{path: (shape, logical axes, init kind)} for the whole model."""
+def param_spec(cfg: ModelConfig) -> dict:
+    """{path tuple: (shape, logical axes, init kind)} for the whole model: the one table the param
+    tree, its logical axes, its init and the HF name mapping are derived from."""
     V, H, nL = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
     spec = {("model", "embed_tokens", "weight"): ((V, H), ("vocab", "embed"), "normal")}
     for path, (shape, axes, init) in _layer_spec(cfg).items():
@@ -69,31 +71,26 @@ def _full_spec(cfg: ModelConfig) -> dict:
     return spec
 
 
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for path, value in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return out
+def unflatten(flat: dict) -> dict:
+    """{path tuple: leaf} -> nested dicts (flax.traverse_util)."""
+    return traverse_util.unflatten_dict(flat)
 
 
 def param_axes(cfg: ModelConfig) -> dict:
     """Logical axis names, same tree as the params (tuples are leaves: use is_leaf on tuple)."""
-    return _unflatten({p: axes for p, (_, axes, _) in _full_spec(cfg).items()})
+    return unflatten({p: axes for p, (_, axes, _) in param_spec(cfg).items()})
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
     """ShapeDtypeStructs of the params, without allocating anything."""
     dt = jnp.dtype(cfg.param_dtype)
-    return _unflatten({p: jax.ShapeDtypeStruct(s, dt) for p, (s, _, _) in _full_spec(cfg).items()})
+    return unflatten({p: jax.ShapeDtypeStruct(s, dt) for p, (s, _, _) in param_spec(cfg).items()})
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     """HF-style init: N(0, initializer_range) for matrices, ones for norms, zeros for biases."""
     dt = jnp.dtype(cfg.param_dtype)
-    spec = _full_spec(cfg)
+    spec = param_spec(cfg)
     keys = jax.random.split(key, len(spec))
     flat = {}
     for k, (path, (shape, _, init)) in zip(keys, sorted(spec.items())):
@@ -103,4 +100,4 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
             flat[path] = jnp.ones(shape, dt)
         else:
             flat[path] = jnp.zeros(shape, dt)
-    return _unflatten(flat)
+    return unflatten(flat)

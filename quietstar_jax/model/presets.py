@@ -2,6 +2,7 @@
 (e.g. AOT-compiling the Mistral-7B step for a TPU slice on a CPU host)."""
 
 from __future__ import annotations
+
 from quietstar_jax.errors import ConfigError
 
 PRESETS = {

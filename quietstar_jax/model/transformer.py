@@ -11,11 +11,12 @@ new stream against the cache and writes its keys/values into its slot.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
@@ -30,8 +31,7 @@ _POLICIES = {
 }
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
+@struct.dataclass
 class KVCache:
     """Keys/values of the base stream and of generated streams, stacked over layers.
 
@@ -129,6 +129,8 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     Returns hidden (B, Kq, L, H) after the final norm, plus the base (k, v) stacked over layers
     (nL, B, L, Hkv, D) if return_base_kv, or the updated KVCache in decode mode.
     """
+    chex.assert_rank(x, 4)
+    chex.assert_shape(positions, x.shape[:3])
     dtype = jnp.dtype(cfg.dtype)
     x = x.astype(dtype)
     cos, sin = rope_cos_sin(cfg, positions)

@@ -1,6 +1,5 @@
 """Quiet-STaR: parallel thoughts at every token, mixing head, REINFORCE (pure jit-able functions)."""
 
-import jax
 
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig

@@ -19,13 +19,13 @@ streams, T = N - 3 thought tokens.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.head import head_token_logprobs, token_logprobs
-from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
@@ -78,7 +78,7 @@ def plain_lm_loss(params, cfg: ModelConfig, batch):
     return nll, {"loss": nll, "nll_base": nll}
 
 
-def _policy_logp_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv):
+def policy_logp_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv):
     """sum_{r,p} A * sum_i log p_i for P = 2 with clamped advantages, computing vocabulary logits for
     half the rows.
 
@@ -126,9 +126,11 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     P, M, N = qs.n_passes, qs.n_ahead_talk, qs.n_ahead
     rep = lambda a: jnp.repeat(a, P, axis=0)  # noqa: E731
     tokens, pos, seg = rep(batch["tokens"]), rep(batch["positions"]), rep(batch["segment_ids"])
+    chex.assert_equal_shape([batch["tokens"], batch["positions"], batch["segment_ids"]])
     entropy = jnp.float32(jnp.nan)
     if thoughts is None:
         thoughts, entropy = sample_thoughts(params, cfg, qs, tokens, pos, seg, key)
+    chex.assert_shape(thoughts, tokens.shape + (qs.num_thought_tokens,))
     thoughts = jax.lax.stop_gradient(thoughts)
     K = qs.num_streams
     streams = layout.stream_tokens(qs, tokens, thoughts)
@@ -174,7 +176,7 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
         pg = jnp.zeros((), reward.dtype)
     else:
         if qs.clamp_advantage and P == 2:
-            total = _policy_logp_pairs(params, cfg, qs, hidden, thoughts, adv)
+            total = policy_logp_pairs(params, cfg, qs, hidden, thoughts, adv)
         else:
             logp = policy_logprobs(params, cfg, qs, hidden, thoughts).sum(-1)  # (R, L)
             total = jnp.sum(jax.lax.stop_gradient(adv) * logp)

@@ -89,7 +89,7 @@ def sample_inverse_cdf(logits, u, block: int | None = None):
     return (b * C + j).astype(jnp.int32), ent
 
 
-# The scope names this phase in the compiled program's op metadata (quietstar_jax.hlo_stats attributes
+# The scope names this phase in the compiled program's op metadata (quietstar_jax.tpu.hlo_stats attributes
 # the decode passes' communication to it).
 @jax.named_scope("sample_thoughts")
 def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, positions, segment_ids, key,

@@ -1,30 +1,42 @@
 """Logical axis names -> mesh axes.
 
 Every parameter carries logical names per dimension (quietstar_jax.model.params.param_axes); the rules
-map each name to mesh axes. A dimension whose size is not divisible by its mesh axes is replicated
-instead (e.g. 2 KV heads on a tensor axis of 4), so any mesh is valid for any model, at some memory cost.
+map each name to mesh axes, with Flax's logical partitioning (flax.linen.logical_to_mesh_axes, as in
+MaxText: rules in order of precedence, each mesh axis used once per array). On top of Flax's mapping,
+mesh axes of size 1 are dropped and a dimension whose size is not divisible by its mesh axes is
+replicated instead (e.g. 2 KV heads on a tensor axis of 4), so any mesh is valid for any model, at some
+memory cost.
 """
 
 from __future__ import annotations
 
 import math
 
+import flax.linen as nn
 import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# logical name -> mesh axis (or tuple of axes, or None = replicated)
-DEFAULT_RULES = {
-    "batch": ("data", "fsdp"),
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "embed2": None,
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "mlp": "tensor",
-    "layers": None,
-    "norm": None,
-}
+# (logical name, mesh axis / tuple of axes / None = replicated), in order of precedence (Flax's format).
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("embed2", None),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def rule_for(name: str, rules=DEFAULT_RULES):
+    """The mesh axes (str, tuple or None) of one logical name."""
+    for logical, axes in rules:
+        if logical == name:
+            return axes
+    raise ValueError(f"no sharding rule for logical axis {name!r}")
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
@@ -37,23 +49,22 @@ def _axis_size(mesh: Mesh, axes) -> int:
     return n
 
 
-def logical_to_spec(names: tuple, shape: tuple, mesh: Mesh, rules: dict = DEFAULT_RULES) -> P:
-    """Logical names of one array -> PartitionSpec, dropping non-divisible or already-used mesh axes."""
+def logical_to_spec(names: tuple, shape: tuple, mesh: Mesh, rules=DEFAULT_RULES) -> P:
+    """Logical names of one array -> PartitionSpec: Flax's mapping, then size-1 mesh axes dropped and
+    non-divisible dimensions replicated."""
     if len(names) != len(shape):
         raise ValueError(f"logical axes {names} do not match shape {shape}")
-    used: set = set()
+    for name in names:
+        rule_for(name, rules)  # unknown names are an error, not silently replicated
+    spec = nn.logical_to_mesh_axes(names, rules)
     out = []
-    for name, size in zip(names, shape):
-        if name not in rules:
-            raise ValueError(f"no sharding rule for logical axis {name!r}")
-        axes = rules[name]
+    for axes, size in zip(spec, shape):
         flat = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-        flat = tuple(a for a in flat if a not in used and mesh.shape[a] > 1)
+        flat = tuple(a for a in flat if mesh.shape[a] > 1)
         if not flat or size % _axis_size(mesh, flat):
             out.append(None)
-            continue
-        used.update(flat)
-        out.append(flat[0] if len(flat) == 1 else flat)
+        else:
+            out.append(flat[0] if len(flat) == 1 else flat)
     return P(*out)
 
 
@@ -61,20 +72,20 @@ def _is_axes(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(n, str) for n in x)
 
 
-def tree_specs(axes_tree, shapes_tree, mesh: Mesh, rules: dict = DEFAULT_RULES):
+def tree_specs(axes_tree, shapes_tree, mesh: Mesh, rules=DEFAULT_RULES):
     """Same-structured trees of logical-axis tuples and arrays/ShapeDtypeStructs -> PartitionSpecs."""
     return jax.tree.map(lambda names, s: logical_to_spec(names, tuple(s.shape), mesh, rules),
                         axes_tree, shapes_tree, is_leaf=_is_axes)
 
 
-def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules: dict = DEFAULT_RULES):
+def tree_shardings(axes_tree, shapes_tree, mesh: Mesh, rules=DEFAULT_RULES):
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), tree_specs(axes_tree, shapes_tree, mesh, rules),
                         is_leaf=lambda x: isinstance(x, P))
 
 
-def _batch_axes(mesh, rules: dict) -> tuple[str, ...]:
+def _batch_axes(mesh, rules) -> tuple[str, ...]:
     """The mesh axes (of size > 1) that the logical "batch" axis maps to."""
-    axes = rules["batch"]
+    axes = rule_for("batch", rules)
     return tuple(a for a in ((axes,) if isinstance(axes, str) else axes)
                  if a in mesh.axis_names and mesh.shape[a] > 1)
 
@@ -84,12 +95,12 @@ def _batch_spec(axes: tuple[str, ...], ndim: int) -> P:
     return P(first, *([None] * (ndim - 1)))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict = DEFAULT_RULES) -> NamedSharding:
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules=DEFAULT_RULES) -> NamedSharding:
     """(B, L, ...) arrays split over the batch axes."""
     return NamedSharding(mesh, _batch_spec(_batch_axes(mesh, rules), ndim))
 
 
-def constrain_batch(x: jax.Array, rules: dict = DEFAULT_RULES) -> jax.Array:
+def constrain_batch(x: jax.Array, rules=DEFAULT_RULES) -> jax.Array:
     """Pins dim 0 of an activation to the batch mesh axes when tracing under a mesh (no-op otherwise).
 
     Without it XLA's propagation may keep activations replicated and all-reduce them inside the layer

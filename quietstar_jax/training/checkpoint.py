@@ -79,6 +79,10 @@ class Checkpointer:
         Raises CheckpointMismatchError (written for another model / optimizer) or CheckpointCorruptError."""
         step = self.latest_step() if step is None else step
         self._check_meta(step)
+        metadata = epath.Path(self.directory, str(step), "state", "_METADATA")
+        if not metadata.exists():  # orbax would report it as a tree-structure error: it is damage
+            raise CheckpointCorruptError(f"checkpoint {self.directory}/{step} is corrupt (state/_METADATA, the "
+                                         "tree metadata, is missing)")
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_with_shardings)))

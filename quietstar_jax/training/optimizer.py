@@ -12,6 +12,7 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
+
 from quietstar_jax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")

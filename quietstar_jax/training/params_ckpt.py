@@ -15,8 +15,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.errors import PathNotFoundError
+from quietstar_jax.model.config import ModelConfig
 
 
 def save_params(directory: str, params, hf_config: dict) -> str:

@@ -63,7 +63,7 @@ def make_train_step(cfg: ModelConfig, qs: QuietStarConfig, tx: optax.GradientTra
             grads = jax.tree.map(lambda g, p: (g * inv).astype(p.dtype), grads, params)
             metrics = jax.tree.map(lambda m: m * inv, metrics)
         finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
-        # The scope names the update in the compiled program's op metadata (quietstar_jax.hlo_stats).
+        # The scope names the update in the compiled program's op metadata (quietstar_jax.tpu.hlo_stats).
         with jax.named_scope("optimizer"):
             updates, new_opt = tx.update(grads, state["opt_state"], params)
             new_params = optax.apply_updates(params, updates)

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from quietstar_jax.data.encoders import byte_encoder, hf_encoder
-from quietstar_jax.quietstar.tokens import END_TOKEN, INIT_TEXT, START_TOKEN, add_thought_tokens
 from quietstar_jax.errors import PathNotFoundError
+from quietstar_jax.quietstar.tokens import END_TOKEN, INIT_TEXT, START_TOKEN, add_thought_tokens
 
 
 class ByteTokenizer:

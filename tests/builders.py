@@ -1,0 +1,35 @@
+"""The tests' tiny configurations, in one place. Each test module states only what it changes.
+
+    run_config(**{"seq_len": 32, "model.dtype": "bfloat16"})   # a tiny training run (ml_collections)
+    model_config(hidden_size=16, tie_word_embeddings=True)     # a tiny ModelConfig
+"""
+
+from quietstar_jax.model import ModelConfig
+from quietstar_jax.training import config as config_lib
+
+
+def run_config(**overrides):
+    """A training run of a tiny random Llama (byte vocabulary), small enough that tests are dominated
+    by XLA compile time: L 8, 8 examples, N 4 / M 2 / P 2, float32, no remat. `overrides` are dotted
+    config paths (unknown paths raise KeyError)."""
+    c = config_lib.base_config()
+    c.model.source = "tiny"
+    c.model.dtype = "float32"
+    c.model.remat_policy = "none"
+    c.seq_len = 8
+    c.global_batch_size = 8
+    c.steps = 10
+    c.quietstar.n_ahead = 4
+    c.quietstar.n_ahead_talk = 2
+    c.quietstar.n_passes = 2
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 0
+    return config_lib.override(c, **overrides)
+
+
+def model_config(**overrides) -> ModelConfig:
+    """A tiny Llama: vocab 97, hidden 32, 2 layers, 4 query / 2 KV heads of 8 (GQA), float32."""
+    kw = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5)
+    kw.update(overrides)
+    return ModelConfig(**kw)

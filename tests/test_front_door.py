@@ -1,0 +1,188 @@
+"""A new user's path: one-line errors from every CLI, damaged checkpoints, changed configs on resume,
+re-running a finished run, the progress line, utilisation that cannot pass 100%, the end-of-run
+summary."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+import builders
+import jax
+import jax.numpy as jnp
+import pytest
+
+from quietstar_jax.errors import CheckpointCorruptError, ConfigError
+from quietstar_jax.training.flops import Peak, device_peak
+from quietstar_jax.training.logger import Logger
+from quietstar_jax.training.trainer import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+# ----------------------------------------------------------------------------- one-line CLI errors
+def _cli(args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+BAD_INPUTS = [  # (command line, text the one error line must contain)
+    (["quietstar_jax.train", "--config.stpes=3"], "--config.stpes: no such config field (did you mean 'steps'?)"),
+    (["quietstar_jax.train", "--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
+    (["quietstar_jax.train", "--config.steps=abc"], "flag --config.steps=abc: invalid literal"),
+    (["quietstar_jax.train", "--config.model.path=/data/my-model"],
+     "config.model.path: is set ('/data/my-model') but model.source is 'smollm2'"),
+    (["quietstar_jax.train", f"--config={TINY}", "--config.quietstar.n_ahead=2"], "n_ahead must be >= 3"),
+    (["quietstar_jax.train", "extra"], "unexpected arguments ['extra']"),
+    (["quietstar_jax.convert", "hf_to_jax", "--src=/nonexistent", "--dst=/tmp/x"],
+     "--src=/nonexistent does not exist"),
+    (["quietstar_jax.convert", "jax_to_hf", "--src=/nonexistent", "--dst=/tmp/x"],
+     "--src=/nonexistent does not exist"),
+    (["quietstar_jax.convert", "sideways", "--src=/a", "--dst=/b"], "usage: python -m quietstar_jax.convert"),
+    (["quietstar_jax.compile", f"--config={TINY}", "--topology=v4:7x7"], "3 positive dimensions"),
+    (["quietstar_jax.compile", "--topology=v4-8"], "--config is required"),
+]
+
+
+@pytest.mark.e2e
+def test_every_bad_input_is_one_line_and_exit_status_2():
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda row: _cli(row[0]), BAD_INPUTS))
+    for (args, want), out in zip(BAD_INPUTS, results):
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("error: ")]
+        assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
+        assert len(errors) == 1 and want in errors[0], (args, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+
+
+@pytest.mark.e2e
+def test_debug_flag_shows_the_traceback():
+    out = _cli(["quietstar_jax.convert", "hf_to_jax", "--src=/nonexistent", "--dst=/tmp/x", "--debug"])
+    assert out.returncode == 2 and "Traceback" in out.stderr and "error: --src=/nonexistent" in out.stderr
+
+
+# ----------------------------------------------------------------------------- runs in a workdir
+def _tiny_run(**over):
+    return builders.run_config(**{"steps": 4, "checkpoint.every_steps": 2, "checkpoint.keep": 5,
+                                  "checkpoint.async_save": False, "data.prefetch": 0, "sample_every": 0,
+                                  **over})
+
+
+def _train(config, workdir):
+    lines = []
+    result = Trainer(config, workdir, log=lines.append).run()
+    return result, "\n".join(lines)
+
+
+def _tb_files(workdir):
+    d = os.path.join(workdir, "tensorboard")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def test_finished_run_changed_config_and_resume(tmp_path, capsys):
+    wd = str(tmp_path / "run")
+    result, log = _train(_tiny_run(), wd)
+    assert result["final_step"] == 4 and not result["already_complete"]
+    # The end of a run says where everything is.
+    for what in ("tensorboard --logdir", "checkpoints", "final metrics", "params export", "HF export"):
+        assert what in log, log
+    final = os.path.join(wd, "final_metrics.json")
+    before = (open(final).read(), os.path.getmtime(final), _tb_files(wd), os.path.getmtime(os.path.join(wd, "hf_export")))
+
+    # Re-running a finished run: says so, compiles / exports / writes nothing.
+    t = time.time()
+    result, log = _train(_tiny_run(), wd)
+    assert result["already_complete"] and "run already complete at step 4" in log, log
+    assert time.time() - t < 5  # no model loading, no compile
+    after = (open(final).read(), os.path.getmtime(final), _tb_files(wd), os.path.getmtime(os.path.join(wd, "hf_export")))
+    assert after == before
+
+    # A change that matters is an error naming the field; the recorded config stays.
+    recorded = open(os.path.join(wd, "config.json")).read()
+    with pytest.raises(ConfigError, match=r"seq_len: 8 -> 16"):
+        Trainer(_tiny_run(seq_len=16), wd)
+    with pytest.raises(ConfigError, match=r"quietstar.n_passes: 2 -> 1"):
+        Trainer(_tiny_run(**{"quietstar.n_passes": 1}), wd)
+    # A harmless change (more steps, another log cadence) continues the run and is recorded.
+    result, log = _train(_tiny_run(steps=6, log_every=2), wd)
+    assert result["final_step"] == 6 and "resumed from" in log and "/4" in log, log
+    assert open(os.path.join(wd, "config.json")).read() == recorded
+    history = [json.loads(x) for x in open(os.path.join(wd, "config_history.jsonl"))]
+    assert history[-1]["resumed_at_step"] == 4
+    assert history[-1]["changes"]["steps"] == {"old": 4, "new": 6}
+    assert json.load(open(final))["step"] == 6
+
+
+def _truncate_largest_data_file(step_dir):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs
+             if "ocdbt.process_0" in r]
+    big = max(files, key=os.path.getsize)
+    with open(big, "r+b") as f:
+        f.truncate(os.path.getsize(big) // 2)
+
+
+def test_corrupt_checkpoints_are_reported_kept_and_skipped(tmp_path):
+    """Two kinds of damage (a truncated data file, a missing _METADATA): each reported as corrupt (not
+    as a config mismatch), moved aside (not deleted), and the run resumes from the newest intact step;
+    when none is intact, one clear error."""
+    wd = str(tmp_path / "run")
+    _train(_tiny_run(steps=6, **{"export_hf": False}), wd)
+    ckpts = os.path.join(wd, "checkpoints")
+    assert sorted(os.listdir(ckpts), key=int) == ["2", "4", "6"]
+    _truncate_largest_data_file(os.path.join(ckpts, "6"))
+    os.remove(os.path.join(ckpts, "4", "state", "_METADATA"))
+    os.remove(os.path.join(wd, "final_metrics.json"))  # as if the run had died after saving step 6
+    result, log = _train(_tiny_run(steps=6, **{"export_hf": False}), wd)
+    for step in (6, 4):
+        assert f"checkpoint {ckpts}/{step} is corrupt" in log, log
+    assert "written with a different" not in log, log
+    assert "resumed from" in log and log.split("resumed from")[1].split()[0] == f"{ckpts}/2", log
+    assert result["final_step"] == 6
+    moved = sorted(os.listdir(ckpts + ".corrupt"))
+    assert [m.split("-")[0] for m in moved] == ["4", "6"]  # kept for inspection, not deleted
+    assert sorted(os.listdir(ckpts), key=int) == ["2", "4", "6"]  # saved again, intact
+
+    for step in ("2", "4", "6"):
+        os.remove(os.path.join(ckpts, step, "state", "_METADATA"))
+    os.remove(os.path.join(wd, "final_metrics.json"))
+    with pytest.raises(CheckpointCorruptError, match=r"every checkpoint in .* is corrupt \(steps \[6, 4, 2\]"):
+        Trainer(_tiny_run(steps=6, **{"export_hf": False}), wd, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- the progress line, MFU
+def test_progress_line_shows_the_parts_not_the_combined_loss(tmp_path):
+    lg = Logger(str(tmp_path), 12, 96, 1e9, Peak(1e11, "test", True), policy_weight=1e6)
+    m = {"loss": 855.05, "nll_base": 3.4891, "nll_mix": 3.4374, "policy_loss": 8.516e-4, "reward_mean": 4.88e-4,
+         "advantage_pos_frac": 0.5, "mixing_weight": 4.4e-4, "thought_entropy": 3.95, "grad_norm": 7539.8,
+         "learning_rate": 1e-6}
+    line = lg.format(5, m, dt=2.0)
+    lg.close()
+    assert "loss 855" not in line and "nll_base 3.4891" in line and "nll_mix 3.4374" in line
+    assert "policy 8.516e-04 (x1e+06)" in line and "w +4.40e-04" in line and "reward +4.88e-04" in line
+    assert "util 0.5%" in line  # measured CPU peak: "util", not MFU against a spec
+
+
+def test_utilisation_of_a_pure_matmul_is_at_most_100_percent():
+    """The best case a step can reach: nothing but large matmuls. Against the measured peak it must not
+    exceed 100% (the peak is the best of several large matmuls)."""
+    peak = device_peak()
+    assert peak.measured and "measured at start-up" in peak.label
+    n = 1536
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: ((a @ a) @ a) @ a)
+    f(a).block_until_ready()
+    best = min(_timed(f, a) for _ in range(5))
+    util = 3 * 2 * n ** 3 / jax.local_device_count() / best / peak.flops_per_s
+    assert 0.05 < util <= 1.0, util
+
+
+def _timed(f, a):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    return time.perf_counter() - t
