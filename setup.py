@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "transformers==5.23.0",
     "tokenizers==0.23.3",
     "tensorflow-datasets==4.9.10",
+    # tfds imports it (DatasetBuilder.code_path, through etils' lazy imports) without declaring it.
+    "importlib_resources",
     "grain==0.2.18",
     "array-record==0.8.6",
     "mistral-common==1.13.1",

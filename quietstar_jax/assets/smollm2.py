@@ -193,13 +193,14 @@ def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None
     # Offline before transformers/huggingface_hub are first imported (they read it at import time).
     # No progress bars (GGUF de-quantisation, weight loading, shard writing): the caller reports the
     # phase in one line.
-    with _env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1"):
+    with _env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1"):
         try:
             import torch
             import transformers
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
             raise AssetError(f"SmolLM2: cannot import torch/transformers ({e}); {_INSTALL_HINT}") from e
+        bars = transformers.utils.logging.is_progress_bar_enabled()
         transformers.utils.logging.disable_progress_bar()
         verbosity = transformers.utils.logging.get_verbosity()
         transformers.utils.logging.set_verbosity_error()
@@ -208,7 +209,8 @@ def _convert(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str) -> None
                            transformers=transformers, auto_model=AutoModelForCausalLM, auto_tokenizer=AutoTokenizer)
         finally:
             transformers.utils.logging.set_verbosity(verbosity)
-            transformers.utils.logging.enable_progress_bar()
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
 
 
 def _load_and_save(gguf_dir: str, out_dir: str, *, wheel: str, gguf_path: str, torch, transformers, auto_model,
