@@ -239,6 +239,30 @@ def test_tokenizer_saved_with_thought_tokens(tmp_path, mode, n_words):
     np.testing.assert_array_equal(emb[enc[1]], params["quietstar"]["thought_embeddings"][0] * np.float32(100.0))
 
 
+def test_export_is_a_clean_folder_to_publish(tmp_path):
+    """What a user pushes to a hub as it is: ordinary permissions (not mkdtemp's 0700), no fields naming
+    the machine it was made on (a GGUF's _model_name_or_path, a loader's _name_or_path; a local
+    tokenizer's is_local / local_files_only)."""
+    cfg, params, qs = make(tied=True)
+    local = str(tmp_path / "local_tok")
+    word_tokenizer(V).save_pretrained(local)
+    tok = transformers.AutoTokenizer.from_pretrained(local, local_files_only=True)
+    base = {"_name_or_path": "/home/me/models/x", "_model_name_or_path": "Smollm2 135M 8k Lc100K Mix1 Ep2",
+            "_commit_hash": "abc", "foo": 1}
+    out = save_quietstar_hf(str(tmp_path / "out"), cfg, params, qs, tokenizer=tok, dtype="float32",
+                            base_config=base)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o777 & ~mask
+    for name in os.listdir(out):
+        assert os.stat(os.path.join(out, name)).st_mode & 0o777 == 0o666 & ~mask, name
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["foo"] == 1 and not [k for k in config if k.startswith("_")]
+    tok_cfg = json.load(open(os.path.join(out, "tokenizer_config.json")))
+    assert not {"is_local", "local_files_only", "name_or_path"} & set(tok_cfg)
+    assert transformers.AutoTokenizer.from_pretrained(out).convert_tokens_to_ids(START_TOKEN) == qs.start_id
+
+
 def test_tokenizer_id_mismatch_is_an_error_and_writes_nothing(tmp_path):
     cfg, params, qs = make(tied=False)
     qs = qs.replace(start_id=V + 5, end_id=V + 6)

@@ -58,7 +58,7 @@ class Logger:
         else:
             dt = (now - self.t_last) / max(1, step - self.step_last)
         self.t_last, self.step_last = now, step
-        m = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        m = {k: float(np.asarray(v)) + 0.0 for k, v in metrics.items()}  # + 0.0: no "-0.000" on the console
         line = self.format(step, m, dt)
         if jax.process_index() == 0:
             print(line, flush=True)
