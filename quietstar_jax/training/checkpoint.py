@@ -15,6 +15,7 @@ step.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import jax
@@ -35,6 +36,81 @@ def _save_policy(every_steps: int, every_secs: int):
         # Multi-host: all hosts agree on the preemption step through JAX's coordination service.
         policies.append(cm.PreemptionCheckpointingPolicy())
     return cm.AnySavePolicy(policies) if policies else cm.SpecificStepsPolicy(steps=())
+
+
+class _StderrCapture:
+    """Redirects the process's stderr (file descriptor 2, which C++ libraries write to) into a temporary
+    file. On exit without settle() (success), whatever was captured is written back to stderr."""
+
+    def __enter__(self):
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        self._failed = False
+        self.text = b""
+        return self
+
+    def settle(self, quiet_s: float = 0.3, max_s: float = 10.0) -> None:
+        """A failure: wait until background reads stop writing (no growth for quiet_s), keep the text."""
+        import gc
+
+        self._failed = True
+        gc.collect()  # abandoned futures report now, not later on the console
+        start, size, still = time.time(), -1, time.time()
+        while time.time() - start < max_s:
+            now = os.fstat(self._file.fileno()).st_size
+            if now != size:
+                size, still = now, time.time()
+            elif time.time() - still >= quiet_s:
+                break
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read()
+        self._file.close()
+        if not self._failed and self.text:
+            sys.stderr.buffer.write(self.text)
+            sys.stderr.flush()
+
+    def save(self, path: str) -> str:
+        if jax.process_index() == 0:
+            epath.Path(path).write_bytes(self.text)
+            _route_abandoned_reads(path)
+        return path
+
+
+def _is_abandoned_read(unraisable) -> bool:
+    """The reads a failed restore left behind: orbax coroutines finalised later, or TensorStore callbacks
+    into orbax's closed event loop."""
+    text = f"{unraisable.exc_value!r} {unraisable.object!r}"
+    return "Encountered error while reading array index" in text or "_read_array_index" in text or \
+        "Event loop is closed" in text
+
+
+def _route_abandoned_reads(log_path: str) -> None:
+    """From now on, unraisable exceptions of abandoned checkpoint reads (reported whenever Python
+    finalises them, possibly at exit) go to log_path instead of the console; others are untouched."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if _is_abandoned_read(unraisable):
+            import traceback
+
+            with open(log_path, "a") as f:
+                f.write(f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n")
+                traceback.print_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback,
+                                          file=f)
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def _is_mismatch(e: Exception) -> bool:
@@ -87,7 +163,8 @@ class Checkpointer:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_with_shardings)))
         except Exception as e:  # noqa: BLE001 - orbax / TensorStore raise many types
-            detail = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            detail = f"{type(e).__name__}: {first.split(' See full TensorStore details')[0][:200]}"
             if _is_mismatch(e):
                 raise CheckpointMismatchError(f"checkpoint {self.directory}/{step} does not match the train "
                                               f"state (params / optimizer): {detail}. Use a fresh --workdir or "
@@ -98,15 +175,23 @@ class Checkpointer:
     def restore_latest(self, abstract_with_shardings, warn=print):
         """(state, step) of the newest intact checkpoint, or (None, None) if there is none. Corrupt newer
         ones are reported through `warn` and moved aside; a mismatch is raised at once (it would hold
-        for every older step too). Raises CheckpointCorruptError if checkpoints exist but none is intact."""
+        for every older step too). Raises CheckpointCorruptError if checkpoints exist but none is intact.
+
+        A damaged checkpoint makes TensorStore's pending reads print hundreds of lines of tracebacks to
+        stderr after the first error; they are kept in <step>.log next to the moved checkpoint instead."""
         corrupt = []
         for step in reversed(self.all_steps()):
-            try:
-                return self.restore(abstract_with_shardings, step), step
-            except CheckpointCorruptError as e:
-                corrupt.append(step)
-                moved = self._move_aside(step)
-                warn(f"WARNING: {e}; moved it aside to {moved} (not deleted); trying the previous checkpoint")
+            with _StderrCapture() as captured:
+                try:
+                    return self.restore(abstract_with_shardings, step), step
+                except CheckpointCorruptError as e:
+                    error = e
+                    captured.settle()
+            corrupt.append(step)
+            moved = self._move_aside(step)
+            log = captured.save(f"{moved}.log") if captured.text else None
+            warn(f"WARNING: {error}; moved it aside to {moved} (not deleted)"
+                 + (f", TensorStore's errors in {log}" if log else "") + "; trying the previous checkpoint")
         if corrupt:
             raise CheckpointCorruptError(f"every checkpoint in {self.directory} is corrupt (steps {corrupt}, moved "
                                          f"aside to {self.directory}.corrupt/); start a new run with a fresh "

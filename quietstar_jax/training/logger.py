@@ -20,10 +20,12 @@ from quietstar_jax.training.flops import Peak
 
 class Logger:
     def __init__(self, workdir: str, total_steps: int, tokens_per_step: int, flops_per_device: float, peak: Peak,
-                 policy_weight: float = 0.0):
+                 policy_weight: float = 0.0, echo=None):
         self.total, self.tokens_per_step = total_steps, tokens_per_step
         self.flops, self.peak = flops_per_device, peak
         self.policy_weight = policy_weight
+        # Where console lines go (process 0 only): print by default, the trainer's log function in runs.
+        self.echo = echo or (lambda line: print(line, flush=True))
         self.writer = None
         self.tensorboard_dir = None
         if jax.process_index() == 0 and not workdir.startswith("gs://"):
@@ -61,7 +63,7 @@ class Logger:
         m = {k: float(np.asarray(v)) + 0.0 for k, v in metrics.items()}  # + 0.0: no "-0.000" on the console
         line = self.format(step, m, dt)
         if jax.process_index() == 0:
-            print(line, flush=True)
+            self.echo(line)
         if self.writer is not None:
             for k, v in m.items():
                 self.writer.add_scalar(f"train/{k}", v, step)
@@ -79,7 +81,7 @@ class Logger:
 
     def text(self, tag: str, text: str, step: int) -> None:
         if jax.process_index() == 0:
-            print(text, flush=True)
+            self.echo(text)
         if self.writer is not None:
             self.writer.add_text(tag, text.replace("\n", "  \n"), step)
 

@@ -147,7 +147,7 @@ class Trainer:
         peak = device_peak(c.peak_flops_per_device)
         self.log(f"utilisation is against the {peak.label}")
         self.logger = Logger(self.workdir, c.steps, c.global_batch_size * c.seq_len, step_flops(traced.jaxpr),
-                             peak, setup.qs.policy_weight)
+                             peak, setup.qs.policy_weight, echo=self.log)
         state, info = self.state, None
         stopped_early = False
         with Preemption() as pre:
