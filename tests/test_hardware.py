@@ -1,11 +1,12 @@
-"""quietstar_jax.tpu.hardware: every number has a source; the tables that read it agree with it."""
+"""quietstar_jax.hardware: every number has a source; the tables that read it agree with it."""
 
 import dataclasses
 import numbers
 
 import pytest
 
-from quietstar_jax.tpu import hardware, topology
+from quietstar_jax import hardware
+from quietstar_jax.tpu import topology
 from quietstar_jax.training import flops as metrics
 
 FACTS = ("tensorcores_per_chip", "dims", "names_count_cores", "chips_per_host", "peak_bf16_flops", "peak_int8_ops",

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from quietstar_jax.tpu import hardware, hlo_stats, roofline
+from quietstar_jax import hardware
+from quietstar_jax.tpu import hlo_stats, roofline
 from quietstar_jax.tpu.hlo_stats import analyze, phase_of, shape_bytes
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,

@@ -1,8 +1,7 @@
-"""Cloud TPU without a TPU: hardware facts per generation, slices described by libtpu's compile-only
-client, AOT compiles of the real programs, and what the compiled HLO says about memory, FLOPs,
-communication and step time.
+"""Cloud TPU without a TPU: slices described by libtpu's compile-only client, AOT compiles of the real
+programs, and what the compiled HLO says about memory, FLOPs, communication and step time (the
+per-generation hardware facts are in quietstar_jax.hardware).
 
-  hardware   per-generation facts (peak FLOP/s, HBM, ICI, prices), each with its source
   topology   topology names -> compile-only devices; usable HBM
   aot        compile the train step for a slice -> report dict
   hlo        HLO text parsing (computations, instructions, loop trip counts)

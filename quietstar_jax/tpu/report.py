@@ -3,7 +3,8 @@ and phase, and the roofline (see quietstar_jax.tpu.aot for what the numbers are)
 
 from __future__ import annotations
 
-from quietstar_jax.tpu import hardware, hlo_stats, roofline
+from quietstar_jax import hardware
+from quietstar_jax.tpu import hlo_stats, roofline
 
 GIB = 1024 ** 3
 

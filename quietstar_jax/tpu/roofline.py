@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from quietstar_jax.tpu import hardware
+from quietstar_jax import hardware
 
 
 @dataclasses.dataclass(frozen=True)

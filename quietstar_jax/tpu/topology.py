@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from quietstar_jax import hardware
 from quietstar_jax.errors import TopologyError
-from quietstar_jax.tpu import hardware
 
 GIB = 1024 ** 3
 # Read by libtpu when it loads (at the first topology request): no GCE metadata lookups and no
@@ -45,7 +45,7 @@ def _compile_only_env() -> None:
 
 
 # Per-generation hardware facts (peak FLOP/s, HBM, ICI, libtpu chip config, ...) live in
-# quietstar_jax.tpu.hardware, with their sources; these names are kept for callers of this module.
+# quietstar_jax.hardware, with their sources; these names are kept for callers of this module.
 TpuSpec = hardware.TpuGeneration
 SPECS = hardware.GENERATIONS
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6lite": "v6e"}

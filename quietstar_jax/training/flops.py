@@ -4,7 +4,7 @@
     peak = device_peak(config.peak_flops_per_device)  # Peak(flops_per_s, label)
     utilisation = flops / step_seconds / peak.flops_per_s
 
-On TPU the peak is the chip's dense bf16 spec (quietstar_jax.tpu.hardware, what MaxText's MFU uses); on
+On TPU the peak is the chip's dense bf16 spec (quietstar_jax.hardware, what MaxText's MFU uses); on
 CPU there is no spec sheet, so it is the float32 matmul throughput measured at start-up: the best of
 several large matmuls, so that no step (which is made of such matmuls plus slower work) can beat it.
 """
@@ -17,9 +17,9 @@ import time
 
 import jax
 
-from quietstar_jax.tpu.hardware import GENERATIONS, for_device_kind
+from quietstar_jax.hardware import GENERATIONS, for_device_kind
 
-# bf16 dense peak FLOP/s per chip by jax device_kind, from quietstar_jax.tpu.hardware; "TPU v4" counts a
+# bf16 dense peak FLOP/s per chip by jax device_kind, from quietstar_jax.hardware; "TPU v4" counts a
 # megacore chip.
 PEAK_FLOPS = {kind: g.peak_bf16_flops for g in GENERATIONS.values() for kind in g.device_kinds}
 
