@@ -68,6 +68,25 @@ def test_debug_flag_shows_the_traceback():
     assert out.returncode == 2 and "Traceback" in out.stderr and "error: --src=/nonexistent" in out.stderr
 
 
+@pytest.mark.e2e
+def test_console_is_one_line_per_phase(tmp_path):
+    """A first run (the token cache built from scratch) prints phase lines and progress lines only: no
+    progress bars (carriage returns), no tfds preparation banners, no absl warnings from tfds."""
+    from quietstar_jax.assets.math_corpus import CORPUS_NAME, materialize_math_corpus
+
+    cache = tmp_path / "cache"
+    (cache / "math_corpus").mkdir(parents=True)
+    (cache / "math_corpus" / CORPUS_NAME).write_bytes(open(materialize_math_corpus(), "rb").read())
+    out = _cli(["quietstar_jax.train", f"--config={TINY}", f"--workdir={tmp_path / 'run'}", "--config.steps=1",
+                "--config.seq_len=8", "--config.export_hf=False", f"--config.data.cache_dir={cache}"])
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "\r" not in text and "Downloading and preparing" not in text and "dataset_info" not in text, text
+    assert "Generating" not in text and "Shuffling" not in text, text
+    assert any(line.startswith("data: offline_math") for line in out.stdout.splitlines()), text
+    assert len(text.splitlines()) < 25, text
+
+
 # ----------------------------------------------------------------------------- runs in a workdir
 def _tiny_run(**over):
     return builders.run_config(**{"steps": 4, "checkpoint.every_steps": 2, "checkpoint.keep": 5,
