@@ -60,7 +60,7 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def _linear(x: jax.Array, p: dict) -> jax.Array:
+def linear(x: jax.Array, p: dict) -> jax.Array:
     """x (..., in) @ weight (out, in)^T + bias, in x's dtype."""
     y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
     if "bias" in p:
@@ -88,16 +88,31 @@ def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
                                       preferred_element_type=acc_dtype(hidden.dtype)))
 
 
-def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot):
-    """One decoder layer. x: (B, Kq, L, H). Returns (x, base_kv or updated cache layer)."""
-    B, Kq, L, _ = x.shape
+def qkv(cfg: ModelConfig, lp: dict, x: jax.Array, cos, sin):
+    """A layer's input norm and q, k, v projections with RoPE: x (..., H) -> q (..., Hq, D), k, v
+    (..., Hkv, D); cos / sin broadcast against (..., D)."""
     D = cfg.head_dim
     attn = lp["self_attn"]
     h = rms_norm(x, lp["input_layernorm"]["weight"], cfg.rms_norm_eps)
-    q = _linear(h, attn["q_proj"]).reshape(B, Kq, L, cfg.num_attention_heads, D)
-    k = _linear(h, attn["k_proj"]).reshape(B, Kq, L, cfg.num_key_value_heads, D)
-    v = _linear(h, attn["v_proj"]).reshape(B, Kq, L, cfg.num_key_value_heads, D)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = linear(h, attn["q_proj"]).reshape(*x.shape[:-1], cfg.num_attention_heads, D)
+    k = linear(h, attn["k_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D)
+    v = linear(h, attn["v_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attention_out_and_mlp(cfg: ModelConfig, lp: dict, x: jax.Array, o: jax.Array) -> jax.Array:
+    """The rest of a layer after attention: x (..., H) residual, o (..., Hq, D) attention output ->
+    x + o_proj(o), then the post-attention norm and the SwiGLU MLP with its residual."""
+    x = constrain_batch(x + linear(o.reshape(*o.shape[:-2], -1), lp["self_attn"]["o_proj"]))
+    h = rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
+    mlp = lp["mlp"]
+    return x + linear(jax.nn.silu(linear(h, mlp["gate_proj"])) * linear(h, mlp["up_proj"]), mlp["down_proj"])
+
+
+def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot):
+    """One decoder layer. x: (B, Kq, L, H). Returns (x, base_kv or updated cache layer)."""
+    D = cfg.head_dim
+    q, k, v = qkv(cfg, lp, x, cos, sin)
     if cache_layer is None:
         # All streams present: stream 0 is the base text, the rest are the diagonal keys.
         kb, vb, kd, vd = k[:, 0], v[:, 0], k[:, 1:], v[:, 1:]
@@ -108,14 +123,9 @@ def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_la
         vd = jax.lax.dynamic_update_slice_in_dim(vd, v.astype(vd.dtype), slot, axis=1)
         out_state = (kb, vb, kd, vd)
     attend = dense_stream_attention if cfg.attention_impl == "dense" else stream_attention
-    o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype),
-                         vd.astype(q.dtype), mask, window, D ** -0.5)
-    x = constrain_batch(x + _linear(o.reshape(B, Kq, L, -1), attn["o_proj"]))
-    h = rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
-    mlp = lp["mlp"]
-    x = x + _linear(jax.nn.silu(_linear(h, mlp["gate_proj"])) * _linear(h, mlp["up_proj"]),
-                    mlp["down_proj"])
-    return x, out_state
+    o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype), vd.astype(q.dtype), mask, window,
+               D ** -0.5)
+    return attention_out_and_mlp(cfg, lp, x, o), out_state
 
 
 def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, mask: StreamMask,
