@@ -42,6 +42,7 @@ setup(
     version="0.1.0",
     description="Quiet-STaR (language models that think before speaking) in JAX for Cloud TPU.",
     packages=find_packages(include=["quietstar_jax", "quietstar_jax.*"]),
+    package_data={"quietstar_jax.inference": ["page/*"]},  # the thoughts page's template, CSS and JS
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
