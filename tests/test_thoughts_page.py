@@ -194,7 +194,8 @@ def test_inputs_are_normalized_not_trusted():
 
 
 def test_numbers_format_without_negative_zero():
-    assert fmt_num(-0.0001) == "0.000" and fmt_num(-0.0001, signed=True) == "0.000"
+    assert fmt_num(-0.0) == "0.000" and fmt_num(-0.0004, signed=True) == "\u22124.0e\u22124"
+    assert fmt_num(4.4e-4) == "4.4e\u22124"  # a weight of 4.4e-4 is not shown as 0.000
     assert fmt_num(-1.25) == "\u22121.25" and fmt_num(0.5, signed=True) == "+0.500"
     assert fmt_num(123.456) == "123.5" and fmt_num(None) == "\u2013"
     assert color_range([]) == 1.0 and color_range([0.0, 0.0]) == 1.0

@@ -171,9 +171,14 @@ def _rgba(v: float | None, r: float, pos: tuple, neg: tuple) -> str:
 
 def fmt_num(x: float | None, signed: bool = False) -> str:
     """Numbers as the page shows them (the JS fmt() matches): 3 decimals below 1, 2 below 100, else
-    1; no "-0.000"; None as an en dash."""
+    1; below 0.001 (a mixing weight early in training is ~1e-4) two significant digits, 4.5e-4; no
+    "-0.000"; None as an en dash."""
     if x is None:
         return "\u2013"
+    if 0 < abs(x) < 1e-3:
+        mant, exp = f"{x:.1e}".split("e")
+        s = f"{'+' if signed and x > 0 else ''}{mant}e{int(exp)}"
+        return s.replace("-", "\u2212")
     d = 3 if abs(x) < 1 else 2 if abs(x) < 100 else 1
     s = f"{x:+.{d}f}" if signed else f"{x:.{d}f}"
     if float(s) == 0:

@@ -20,7 +20,12 @@
   // Numbers as the Python side formats them (fmt_num).
   function fmt(x, signed) {
     if (x === null || x === undefined) return "\u2013";
-    var a = Math.abs(x), d = a < 1 ? 3 : a < 100 ? 2 : 1, s = x.toFixed(d);
+    var a = Math.abs(x);
+    if (a > 0 && a < 1e-3) {  // matches html.fmt_num: 4.5e-4
+      var e = x.toExponential(1);
+      return ((signed && x > 0) ? "+" + e : e).replace(/-/g, "\u2212");
+    }
+    var d = a < 1 ? 3 : a < 100 ? 2 : 1, s = x.toFixed(d);
     if (parseFloat(s) === 0) return (0).toFixed(d);
     if (signed && x > 0) s = "+" + s;
     return s.replace("-", "\u2212");
