@@ -87,7 +87,7 @@ def run_generate(model, prompt: str, out=sys.stdout) -> dict:
     g = Generator(jax.tree.map(jax.numpy.asarray, model.params), cfg, qs, gen)
     out.write(prompt)
     out.flush()
-    new, text, thoughts, weights = [], "", [], []
+    new, text, thoughts, weights, held = [], "", [], [], 0
     for s in g.stream(np.asarray([ids]), np.asarray([len(ids)]), jax.random.key(FLAGS.seed)):
         t = int(s["tokens"][0])
         if t in gen.eos_ids:
@@ -95,16 +95,17 @@ def run_generate(model, prompt: str, out=sys.stdout) -> dict:
         new.append(t)
         thoughts.append(s["thoughts"][0].tolist())
         weights.append(float(s["weights"][0]))
-        full = tok.decode(new)
-        if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            continue
-        piece, text = full[len(text):], full
-        if FLAGS.show_thoughts and gen.think:
+        if FLAGS.show_thoughts and gen.think:  # the thought comes before the token it leads to
             w = f" w={weights[-1]:+.2e}" if FLAGS.show_weights else ""
             out.write(f"{dim}⟨{_thought_text(tok, thoughts[-1])}{w}⟩{reset}")
-        out.write(piece)
+        full = tok.decode(new)
+        if full.endswith("\ufffd") and held < 4:  # half of a multi-byte character: wait for the rest
+            held += 1
+        else:
+            out.write(full[len(text):])
+            text, held = full, 0
         out.flush()
-    out.write("\n")
+    out.write(tok.decode(new)[len(text):] + "\n")
     return {"prompt_ids": ids, "tokens": new, "thoughts": thoughts, "weights": weights, "think": gen.think}
 
 

@@ -208,7 +208,8 @@ def _generation_config(cfg: ModelConfig, ids: list[int], src: str | None) -> dic
 
 def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStarConfig, tokenizer=None,
                       dtype: str = "bfloat16", base_config: dict | None = None,
-                      max_shard_bytes: int = 5 * 2**30, extra_files: dict[str, str] | None = None) -> str:
+                      max_shard_bytes: int = 5 * 2**30, extra_files: dict[str, str] | None = None,
+                      byte_tokenizer: bool = False) -> str:
     """Writes a Quiet-STaR model as an HF folder stock transformers loads (see the module docstring).
 
     params: our tree incl. params["quietstar"] = {"thought_embeddings": (2, H), "talk_head": {...}}.
@@ -275,6 +276,8 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
         "embedding_rows": "thought_embeddings * embedding_scale",
         "lm_head_rows": "tied: equal to the embedding rows" if cfg.tie_word_embeddings else "zeros",
         "sidecar": SIDECAR_NAME,
+        # No tokenizer files: the model reads UTF-8 bytes (quietstar_jax's tiny demo vocabulary).
+        **({"tokenizer": "utf-8 bytes"} if byte_tokenizer and tokenizer is None else {}),
     }
 
     folder = os.path.abspath(folder)

@@ -72,6 +72,12 @@ def _from_export(path: str, runtime: dict) -> InferenceModel:
     from quietstar_jax.training.tokenizer import HFTokenizer
 
     cfg, params, qs, _ = load_quietstar_hf(path, **runtime)
+    with open(os.path.join(path, QUIETSTAR_CONFIG)) as f:
+        if json.load(f).get("tokenizer") == "utf-8 bytes":
+            from quietstar_jax.training.tokenizer import ByteTokenizer
+
+            tok = ByteTokenizer()
+            return InferenceModel(cfg, params, qs, tok, f"HF export {path}", True)
     tok = HFTokenizer(path)
     _check_ids(tok, qs, path)
     return InferenceModel(cfg, params, qs, tok, f"HF export {path}", True)

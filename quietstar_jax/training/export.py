@@ -29,4 +29,4 @@ def export_hf_folder(workdir: str, run_name: str, setup, params, tokenizer, raw:
     live in the bucket."""
     local = workdir if not workdir.startswith("gs://") else os.path.join("/tmp/quietstar_jax", run_name)
     return save_quietstar_hf(os.path.join(local, HF_EXPORT), setup.cfg, params, setup.qs, tokenizer=tokenizer.hf,
-                             dtype=dtype, base_config=raw)
+                             dtype=dtype, base_config=raw, byte_tokenizer=tokenizer.hf is None)

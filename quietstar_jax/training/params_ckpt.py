@@ -44,7 +44,9 @@ def save_params(directory: str, params, hf_config: dict) -> str:
 
 def load_params(directory: str, target=None, **runtime) -> tuple[ModelConfig, dict, dict]:
     """Returns (ModelConfig, params, raw config dict). `target`: optional tree of ShapeDtypeStructs
-    with shardings to restore directly into sharded arrays."""
+    with shardings to restore directly into sharded arrays; default: every array whole on this
+    process's first device, whatever mesh it was saved from (a checkpoint of an 8-chip run opens on a
+    laptop)."""
     directory = os.path.abspath(directory)
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.exists(cfg_path):
@@ -55,5 +57,11 @@ def load_params(directory: str, target=None, **runtime) -> tuple[ModelConfig, di
         raw = json.load(f)
     cfg = ModelConfig.from_hf_dict(raw, **runtime)
     ckpt = ocp.StandardCheckpointer()
-    params = ckpt.restore(os.path.join(directory, "params"), target)
+    path = os.path.join(directory, "params")
+    if target is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = ckpt.metadata(path)
+        saved = getattr(saved, "item_metadata", saved)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one), saved)
+    params = ckpt.restore(path, target)
     return cfg, params, raw
