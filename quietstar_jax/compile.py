@@ -3,6 +3,8 @@ how fast would it run?
 
     python -m quietstar_jax.compile --config=configs/tpu_v4.py                 # the config's slice
     python -m quietstar_jax.compile --config=configs/tpu_v4.py --topology=v4:2x2x4 --config.mesh.fsdp=16
+    python -m quietstar_jax.compile --config=configs/tpu_v4.py --program=generate --batch=8 \
+        --prompt_len=256 --max_new_tokens=256          # generation with thinking instead of training
 
 Compiles the real train step with libtpu's compile-only client (quietstar_jax.tpu.aot) and prints
 per-chip memory against usable HBM, FLOPs per step, an estimated step time, the collective bytes per
@@ -63,6 +65,30 @@ def run(c, topology: str, mfu: float = 0.4, min_headroom_gib: float = 0.0, flops
     return 0
 
 
+def run_generate(c, topology: str, batch: int, prompt_len: int, max_new_tokens: int, think: bool) -> int:
+    """--program=generate: compile generation, print its memory, return the exit status."""
+    from quietstar_jax.tpu.aot_generate import compile_generate, format_generate_report
+
+    try:
+        r = compile_generate(c, topology, batch=batch, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                             think=think, log=lambda s: print(s, flush=True))
+    except QuietStarError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the TPU compiler's errors are JaxRuntimeError
+        if _is_oom(e):
+            print(f"DOES NOT FIT on {topology}: the TPU compiler ran out of HBM.\n{str(e).strip()[:2000]}\n"
+                  "Try: a smaller --batch, a larger slice, more fsdp / tensor.", file=sys.stderr)
+            return 1
+        raise
+    print(format_generate_report(r), flush=True)
+    total, usable = r["memory"]["total"], r["usable_hbm"]
+    if total > usable:
+        print(f"DOES NOT FIT: {total / GIB:.2f} GiB per chip > usable {usable / GIB:.2f} GiB", file=sys.stderr)
+        return 1
+    print(f"FITS: {total / GIB:.2f} GiB of {usable / GIB:.2f} GiB usable per chip", flush=True)
+    return 0
+
+
 def main(argv=None):
     # A dedicated process: JAX on the CPU (the TPU compiler needs no TPU), libtpu in compile-only mode.
     if not os.environ.get("JAX_PLATFORMS"):
@@ -83,6 +109,11 @@ def main(argv=None):
         flags.DEFINE_float("min_headroom_gib", 0.0, "fail unless this much HBM per chip stays free")
         flags.DEFINE_bool("flops", True, "count FLOPs on the step's jaxpr (traces the step twice; seconds)")
         flags.DEFINE_string("dump_hlo", "", "write the compiled (optimized, partitioned) HLO text to this file")
+        flags.DEFINE_enum("program", "train", ["train", "generate"], "the train step, or generation with thinking")
+        flags.DEFINE_integer("batch", 8, "generate: prompts per batch")
+        flags.DEFINE_integer("prompt_len", 256, "generate: prompt tokens")
+        flags.DEFINE_integer("max_new_tokens", 256, "generate: tokens to generate")
+        flags.DEFINE_bool("think", True, "generate: with thinking (False: plain decoding)")
 
     def _main(args) -> int:
         if len(args) > 1:
@@ -94,6 +125,8 @@ def main(argv=None):
         topology = FLAGS.topology or c.get("tpu_topology")
         if not topology:
             cli.fail("no topology: pass --topology=v4:2x2x2 (or set tpu_topology in the config)")
+        if FLAGS.program == "generate":
+            return run_generate(c, topology, FLAGS.batch, FLAGS.prompt_len, FLAGS.max_new_tokens, FLAGS.think)
         return run(c, topology, FLAGS.mfu, FLAGS.min_headroom_gib, FLAGS.flops, FLAGS.dump_hlo)
 
     cli.run(_main, argv, define_flags=define_flags)

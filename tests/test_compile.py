@@ -157,3 +157,17 @@ def test_math_of_report_units():
     text = report.format_report(r, mfu=0.5)
     # model FLOPs per chip 0.75 peak-seconds / 0.5 MFU = 1.5 s; lower bound 1 s.
     assert "1.50 s" in text and "1.00 s" in text and math.isclose(2.0, r["memory"]["total"] / 2 ** 30)
+
+
+@needs_libtpu
+def test_compile_generation_for_v4():
+    """Generation with thinking (the whole while loop) compiled for a v4-8 with training's layout."""
+    from quietstar_jax.tpu.aot_generate import compile_generate, format_generate_report
+
+    r = compile_generate(tiny_config(), "v4:2x2x1", batch=4, prompt_len=32, max_new_tokens=16, log=lambda s: None)
+    assert r["chips"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert 0 < r["memory"]["total"] < r["usable_hbm"] and r["params_bytes_per_chip"] > 0
+    text = format_generate_report(r)
+    assert "generation on v4:2x2x1" in text and "thinking on" in text
+    with pytest.raises(ConfigError, match="--batch 3 is not divisible"):
+        compile_generate(tiny_config(), "v4:2x2x1", batch=3, prompt_len=8, max_new_tokens=4, log=lambda s: None)

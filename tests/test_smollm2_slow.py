@@ -69,3 +69,36 @@ def test_thought_tokens_on_real_tokenizer():
     assert (start, end) == (49152, 49153) and len(tok) == 49154
     assert init == tok("---", add_special_tokens=False)["input_ids"] and len(init) >= 1
     assert tok.convert_ids_to_tokens([start, end]) == [START_TOKEN, END_TOKEN]
+
+
+def test_smollm2_plain_greedy_generation_equals_hf_generate():
+    """Thinking off on the real model: our KV-cached greedy decoding gives HF transformers' greedy
+    continuation, token for token, for prompts of different lengths in one batch."""
+    import jax
+    import jax.numpy as jnp
+    import transformers
+
+    from quietstar_jax.assets.smollm2 import materialize_smollm2
+    from quietstar_jax.hf import load_hf_folder
+    from quietstar_jax.inference.generate import GenerateConfig, Generator
+    from quietstar_jax.quietstar import QuietStarConfig
+
+    folder = materialize_smollm2()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    cfg, params, _ = load_hf_folder(folder)
+    params["quietstar"] = {"thought_embeddings": np.zeros((2, cfg.hidden_size), np.float32), "talk_head": None}
+    qs = QuietStarConfig(start_id=cfg.vocab_size, end_id=cfg.vocab_size + 1)
+    gen = GenerateConfig(max_new_tokens=20, think=False)
+    prompts = [tok(t)["input_ids"] for t in SENTENCES]
+    P = max(map(len, prompts))
+    batch = np.asarray([p + [0] * (P - len(p)) for p in prompts])
+    out = Generator(jax.tree.map(jnp.asarray, params), cfg, qs, gen).generate(batch, [len(p) for p in prompts],
+                                                                              jax.random.key(0))
+    for b, p in enumerate(prompts):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                              pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+        got = np.asarray(out.tokens[b]).tolist()
+        print(repr(tok.decode(got)))
+        assert got == ref, (tok.decode(got), tok.decode(ref))
