@@ -28,7 +28,7 @@ from flax import struct
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.inference.sampler import Sampler, choose, draw
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.decode import DecodeCache, decode_step, prefill
+from quietstar_jax.model.decode import DecodeCache, decode_step, prefill, unstack_layers
 from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight
@@ -201,10 +201,15 @@ def under_mesh(fn, mesh):
 class Generator:
     """Jitted generation for one model: `generate` for whole batches, `stream` for token-by-token output
     (a Python loop over the same jitted `advance`). mesh: the params' mesh (e.g. the training mesh: params
-    fsdp / tensor sharded as in training, prompts sharded over the batch axes); None on one device."""
+    fsdp / tensor sharded as in training, prompts sharded over the batch axes); None on one device.
+    unstack: decode with per-layer weight arrays (model.decode.unstack_layers); default on CPU, where it
+    makes a decode step ~1.7x faster, off on TPU."""
 
     def __init__(self, params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateConfig,
-                 padding: str = "right", mesh=None):
+                 padding: str = "right", mesh=None, unstack: bool | None = None):
+        if unstack is None:
+            unstack = mesh is None and jax.default_backend() == "cpu"
+        params = unstack_layers(params) if unstack else params
         self.params, self.cfg, self.qs, self.gen, self.padding = params, cfg, qs, gen, padding
         self._generate = jax.jit(under_mesh(lambda p, x, n, k, r: generate(p, cfg, qs, gen, x, n, k, padding, r),
                                             mesh))
