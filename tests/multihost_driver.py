@@ -5,12 +5,14 @@
 The real entry point (flags, config, distributed initialisation from JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID, one-line errors) runs unchanged; this adds, in this process only:
 
-* after every step, one JSON line {"step", "metrics", "tokens", "rows"} in QS_TEST_RECORD: the logged
-  metrics as host floats, the rows this process fed (its local batch) and which global batch rows the
-  devices of this process hold in the array built from them;
-* a Python audit hook that appends {"write": event, "path"} for every file operation that creates,
-  changes or removes something under a QS_TEST_WATCH root (open for writing, mkdir, rename, remove,
-  chmod...), so the test can tell which process wrote what in a workdir both processes share;
+* after every step, one JSON line {"step", "time", "metrics", "tokens", "rows"} in QS_TEST_RECORD: the
+  logged metrics as host floats, the rows this process fed (its local batch) and which global batch
+  rows the devices of this process hold in the array built from them;
+* a Python audit hook that appends {"write": event, "path"} for every Python file operation that
+  creates, changes or removes something under a QS_TEST_WATCH root (open for writing, mkdir, rename,
+  remove, chmod...), so the test can tell which process wrote what in a workdir both processes share.
+  TensorStore's and safetensors' own file writes are native and not seen, but every output (an HF
+  export's staging folder and its rename, a checkpoint's temporary folder) also goes through Python;
 * QS_TEST_PACE seconds of sleep after every step, so a signal lands before a short run ends;
 * QS_TEST_DUMP_STEP=s: the params after step s, gathered, in <QS_TEST_RECORD>.params<s>.npz;
 * persistent compilation cache entries written by every process, not only process 0 (speed only).
