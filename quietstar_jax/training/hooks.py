@@ -15,13 +15,13 @@ import dataclasses
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.quietstar.sampling import sample_thoughts
 from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN
+from quietstar_jax.training.state import put_global
 
 
 @dataclasses.dataclass
@@ -67,17 +67,16 @@ class Hooks:
 def thoughts_text(params, setup, tokenizer, batch_row: dict, key, positions=(8, 24, 40), context=16) -> str:
     """A few sampled thoughts in context, as text. batch_row: one row, (1, L) numpy arrays."""
     cfg, qs = setup.cfg, setup.qs
-    if not qs.enabled or qs.num_thought_tokens == 0:
-        return ""
+    toks, seg = np.asarray(batch_row["tokens"][0]), np.asarray(batch_row["segment_ids"][0])
+    shown = [p for p in positions if p < len(toks) and seg[p] != 0]
+    if not qs.enabled or qs.num_thought_tokens == 0 or not shown:
+        return ""  # (rows shorter than the first position: nothing to show, so nothing to compile)
     fn = jax.jit(lambda p, t, pos, s, k: sample_thoughts(p, cfg, qs, t, pos, s, k)[0])
     rep = NamedSharding(setup.mesh, P())
-    arrs = [jax.device_put(jnp.asarray(batch_row[k]), rep) for k in ("tokens", "positions", "segment_ids")]
+    arrs = [put_global(batch_row[k], rep) for k in ("tokens", "positions", "segment_ids")]
     th = np.asarray(jax.device_get(fn(params, *arrs, key)))[0]
-    toks, seg = np.asarray(batch_row["tokens"][0]), np.asarray(batch_row["segment_ids"][0])
     lines = []
-    for p in positions:
-        if p >= len(toks) or seg[p] == 0:
-            continue
+    for p in shown:
         lo = max(0, p + 1 - context)
         lines.append(f"  ...{tokenizer.decode(toks[lo:p + 1])!r} {START_TOKEN}{tokenizer.decode(th[p])!r}"
                      f"{END_TOKEN} -> {tokenizer.decode(toks[p + 1:p + 4])!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import jax
@@ -29,8 +30,7 @@ class Logger:
         self.writer = None
         self.tensorboard_dir = None
         if jax.process_index() == 0 and not workdir.startswith("gs://"):
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _summary_writer_class()
             self.tensorboard_dir = os.path.join(workdir, "tensorboard")
             self.writer = SummaryWriter(self.tensorboard_dir)
         self.t_last, self.step_last = None, None
@@ -88,6 +88,22 @@ class Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _summary_writer_class():
+    """tensorboardX.SummaryWriter, imported without torch when torch is not loaded yet: tensorboardX
+    imports torch (if installed, as with the hf extra) only for a type hint, which costs ~1.5 s at every
+    run's start here. Modules importing torch later get it as usual."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError; tensorboardX falls back to numpy
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _fmt_rate(x: float) -> str:

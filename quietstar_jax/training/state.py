@@ -56,12 +56,17 @@ def random_params_fn(cfg: ModelConfig, qs: QuietStarConfig, seed: int, init_ids)
     return f
 
 
+def put_global(x, sharding) -> jax.Array:
+    """A host array that every process holds in full -> a global array laid out as `sharding`; each
+    process fills only its own devices' shards. (jax.device_put refuses a sharding that spans devices
+    of other processes.)"""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def place_params(host_params, shardings):
     """Host numpy tree -> sharded global arrays. Each process supplies only its addressable shards."""
-    def put(x, sh):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-    return jax.tree.map(put, host_params, shardings)
+    return jax.tree.map(put_global, host_params, shardings)
 
 
 def init_state(params_fn, tx: optax.GradientTransformation, shardings):
@@ -76,5 +81,5 @@ def init_state(params_fn, tx: optax.GradientTransformation, shardings):
 def init_state_from_params(params, tx: optax.GradientTransformation, shardings):
     """Already-placed params -> state (optimizer state created sharded, params not copied)."""
     opt = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
-    step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
+    step = put_global(np.int32(0), shardings["step"])
     return {"step": step, "params": params, "opt_state": opt}

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.errors import QuietStarError
 from quietstar_jax.training import config as config_lib
+from quietstar_jax.training import multihost
 from quietstar_jax.training import setup as setup_lib
 from quietstar_jax.training import workdir as workdir_lib
 from quietstar_jax.training.hooks import Hooks, StepInfo, thoughts_text
@@ -38,6 +39,7 @@ def _main_process() -> bool:
 class Trainer:
     def __init__(self, config, workdir: str, log=None):
         config_lib.validate(config)
+        multihost.initialize(config.distributed)  # first: JAX refuses to join after any device use
         self.config = config
         self.log = log or (lambda s: print(s, flush=True) if _main_process() else None)
         if not workdir.startswith("gs://"):
@@ -50,7 +52,6 @@ class Trainer:
         self.complete_at = final.get("step") if final and final.get("step", -1) >= config.steps else None
         if self.complete_at is not None:
             return  # nothing to load: run() only reports
-        setup_lib.maybe_initialize_distributed(config.distributed)
         self._build()
 
     # ------------------------------------------------------------------ setup
@@ -65,9 +66,11 @@ class Trainer:
         from quietstar_jax.data import make_batch_source
 
         t = time.time()
-        self.data = make_batch_source(c.data, tok, seq_len=c.seq_len, global_batch_size=c.global_batch_size,
+        # The token cache (keyed by corpus + tokenizer) is shared: process 0 prepares it, the others read it.
+        self.data = multihost.main_first(
+            lambda: make_batch_source(c.data, tok, seq_len=c.seq_len, global_batch_size=c.global_batch_size,
                                       process_index=jax.process_index(), process_count=jax.process_count(),
-                                      cache_dir=None)  # the shared token cache, keyed by corpus + tokenizer
+                                      cache_dir=None), "preparing the token cache")
         log(f"data: {c.data.source} ({c.data.mode}) ready in {time.time() - t:.0f}s")
         log(f"model: {self.loaded.label}\nmesh: {dict(mesh.shape)} over {jax.device_count()} "
             f"{jax.devices()[0].platform} devices, {jax.process_count()} processes\nquietstar: N={qs.n_ahead} "
@@ -123,8 +126,10 @@ class Trainer:
             self.logger.text("thoughts", text, info.step)
 
     def _first_row(self, step: int) -> dict:
-        b = self.data.batch_at(step)
-        return {k: np.asarray(b[k][:1]) for k in setup_lib.BATCH_KEYS}
+        """The first row of the global batch at `step`: the same on every process (sampling it is a
+        replicated computation; each process's own first row would differ)."""
+        row = self.data.rows[step * self.config.global_batch_size]
+        return {k: np.asarray(row[k])[None] for k in setup_lib.BATCH_KEYS}
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict:
@@ -138,7 +143,8 @@ class Trainer:
         from quietstar_jax.training.logger import Logger
 
         setup = self.setup
-        base_key = jax.device_put(jax.random.key(c.seed + 2), NamedSharding(setup.mesh, P()))
+        # Made by a jitted function: device_put cannot reach the devices of other processes.
+        base_key = jax.jit(lambda: jax.random.key(c.seed + 2), out_shardings=NamedSharding(setup.mesh, P()))()
         t0 = time.time()
         abstract_args = (setup.abstract_state(), setup_lib.abstract_batch(c, setup), base_key)
         traced = setup.step_fn.trace(*abstract_args)  # one trace: lowered here, FLOP-counted for MFU below
