@@ -116,19 +116,20 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
         report["xla_flops_per_chip"] = float((cost or {}).get("flops", float("nan")))
     except Exception:  # noqa: BLE001 - cost model unavailable
         report["xla_flops_per_chip"] = float("nan")
-    report.update(communication_report(compiled, topo, report))
+    report.update(communication_report(compiled, topo, report, [tuple(d.coords) for d in mesh.devices.flat]))
     report["compiled"] = compiled
     return report
 
 
-def communication_report(compiled, topo: Topology, report: dict) -> dict:
+def communication_report(compiled, topo: Topology, report: dict, coords: list | None = None) -> dict:
     """Per chip per step: collective bytes by kind x phase and HBM bytes, read off the compiled program's
     HLO with loop trip counts (quietstar_jax.tpu.hlo_stats), and the roofline step time they give with the
-    executed FLOPs on this slice (quietstar_jax.tpu.roofline)."""
+    executed FLOPs on this slice (quietstar_jax.tpu.roofline). coords: the mesh's devices' chip
+    coordinates in mesh order (the ICI links of collectives over device groups)."""
     stats = hlo_stats.analyze(compiled.as_text())
     flops = report.get("flops_executed")
     rl = roofline.estimate(topo.spec, topo.dims, flops / report["chips"] if flops is not None else None,
-                           stats.hbm_bytes, stats.total_collective_bytes)
+                           stats.hbm_bytes, stats.total_collective_bytes, stats.by_group(), coords)
     try:  # XLA's own count (loop bodies once), printed next to ours for comparison
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
