@@ -16,17 +16,19 @@ Megatron-style ("weight-stationary"), and moves the small activations:
               devices (ICI neighbours in a topology-ordered mesh). Each group holds one full copy of the
               weights, split m ways inside the group; different groups decode different rows.
     weights   q/k/v/gate/up split over fsdp_inner on their output features (heads, MLP columns), o/down
-              on their input features; embeddings, LM head and norms replicated (the tensor axis keeps
-              its training split). Made once per step: 1/m of the compute-dtype weights per chip.
-    residual  the training layout (batch over data x fsdp), so norms, the LM head and sampling run once
-              per row, not m times.
+              on their input features, within the tensor axis's training split; embeddings, LM head
+              and norms replicated over fsdp (the tensor axis keeps its vocabulary split). Made once
+              per step: 1/m of the compute-dtype layers per chip (1/(m x tensor) with a tensor axis).
+    residual  rows split over every device, so norms and the residual adds run once per row, not m
+              times: the training layout (data x fsdp), or with a tensor axis data x fsdp_outer x
+              tensor x fsdp_inner (see DecodeLayout.residual).
     per layer all-gather the normed input over fsdp_inner before the column-parallel matmuls;
               reduce-scatter the row-parallel matmuls' partial sums back to the residual, in float32
               (the accumulation dtype: one rounding to the compute dtype, as the unsplit matmul does).
 
-Per chip per pass this moves 2 x (rows/b x L x H) x (2 + 4) bytes x (m-1)/m per layer (b = fsdp / m)
-instead of the layer's weights; m trades HBM (weights / m resident) for ICI bytes (~m x the activation
-traffic). m = 1: a full copy per chip, no per-pass traffic at all.
+Per chip per pass this moves 2 x (rows/b x L x H) x (2 + 4) bytes x (g-1)/g per layer (b = fsdp / m
+groups of g = m x tensor devices) instead of the layer's weights; m trades HBM (weights / m resident)
+for ICI bytes. m = 1 without a tensor axis: a full copy per chip, no per-pass traffic at all.
 
 Logical device ids: a mesh built from an abstract mesh uses the jit's device assignment in row-major
 order, so fsdp_inner groups are runs of consecutive devices of the training mesh's fsdp axis.
@@ -109,6 +111,16 @@ class DecodeLayout(TrainingLayout):
                 spec[d] = axes
         with jax.sharding.use_abstract_mesh(self.mesh):
             return jax.lax.with_sharding_constraint(x, P(*spec))
+
+    def residual(self, x):
+        """The residual stream: rows split over every device, the tensor axis included, in the order of
+        the group's (tensor, fsdp_inner) split of the heads and MLP columns, so the row-parallel partial
+        sums are one float32 reduce-scatter over the group. (Rows replicated over tensor, as in the
+        training layout, or split in the other order, made XLA all-reduce over the group and slice.)
+        Without a tensor axis (or rows for it) this is the training layout."""
+        if self.mesh.shape["tensor"] == 1 or x.shape[0] % math.prod(self.mesh.shape.values()):
+            return constrain_batch(x)
+        return self._constrain(x, {0: ("data", "fsdp_outer", "tensor", "fsdp_inner")})
 
     def group_rows(self, h):
         """(B, ...) -> the rows of the chip's group, replicated inside it: what the column-parallel
