@@ -25,15 +25,48 @@ then launch/train.sh runs on all workers, via gcloud compute tpus tpu-vm ssh --w
     python -m quietstar_jax.train --config=configs/tpu_v4.py --workdir=gs://BUCKET/runs/RUN \
         --config.model.path=/mnt/disks/models/Mistral-7B-v0.1 --config.data.path=/mnt/disks/data/open-web-math
 
-Measured (python -m quietstar_jax.compile; libtpu 0.0.52, jax 0.10.2; 2-core CPU host, 4.3 GB RSS):
+Measured (python -m quietstar_jax.compile --config=configs/tpu_v4.py; libtpu 0.0.52, jax 0.10.2; 2-core
+CPU host, 4.3 GB RSS, 2.3 min wall):
     v4:2x2x2, 8 chips / 2 hosts, mesh data=1 fsdp=8 tensor=1, 7.29B params (incl. mixing head)
-    per chip: arguments 10.19 GiB (params + AdamW moments, fp32) + temporaries 9.39 GiB
-              + code 0.11 GiB = 19.68 GiB of 30.75 GiB usable (64.0%; 11.07 GiB headroom)
+    per chip: arguments 10.19 GiB (params + AdamW moments, fp32) + temporaries 11.11 GiB
+              + code 0.11 GiB = 21.41 GiB of 30.75 GiB usable (69.6%; 9.34 GiB headroom)
     FLOPs per step: 3.22 PFLOP model (403 TFLOP per chip), 3.86 PFLOP executed with full remat
     est. step time: 3.7 s at 40% MFU (275 TFLOP/s bf16 per chip), >= 1.75 s at 100%: 100 steps ~6 min
-    compile: 4.6 min wall. Communication is not in the estimate; activations are pinned to the batch
-    axes (quietstar_jax.sharding.constrain_batch), so XLA all-gathers the fsdp-sharded weights per
-    layer instead of all-reducing full-batch activations (24.50 GiB per chip without the constraints).
+    roofline: 1.75 s, compute-bound (HBM 1.56 s, ICI 0.60 s)
+
+Communication per chip per step (the report's table; GiB unless marked; no optimizer-phase collectives).
+The sampler's 10 passes (base + 9 thought tokens) used to all-gather every layer's fsdp-sharded weights
+again in each pass; with model.decode_shards=2 they share one bf16 weight copy split over pairs of chips,
+made once per step, and move activations (quietstar_jax.sharding.layout). Same thoughts, 2.6x fewer bytes:
+
+    before: --config.model.decode_shards=0 (= commit 9265e2e)
+                        sampling    forward   backward  unattrib.      total
+    all-gather            115.89   0.41 MiB       6.12  84.04 MiB     122.09
+    reduce-scatter             -          -          -          -          -
+    all-reduce              63 B   0.21 KiB       4.60       98 B       4.60
+    all-to-all         35.00 MiB  52.50 MiB       0.10          -       0.19
+    collective-permute         -      14.62      24.74          -      39.36
+    total                 115.92      14.68      35.57  84.04 MiB     166.25
+    per chip 19.67 GiB (10.19 + temporaries 9.37 + 0.11); roofline 1.75 s compute-bound, HBM 1.66 s,
+    ICI 1.19 s
+
+    after: this config (model.decode_shards=2)
+                        sampling    forward   backward  unattrib.      total
+    all-gather              7.80   0.41 MiB       6.12  84.04 MiB      14.01
+    reduce-scatter          5.00          -          -          -       5.00
+    all-reduce              63 B   0.21 KiB       4.60       98 B       4.60
+    all-to-all              0.81  52.50 MiB       0.10          -       0.97
+    collective-permute         -      14.62      24.74          -      39.36
+    total                  13.62      14.68      35.57  84.04 MiB      63.94
+    per chip 21.41 GiB (10.19 + temporaries 11.11 + 0.11); roofline 1.75 s compute-bound, HBM 1.56 s,
+    ICI 0.60 s (50.32 GiB over the slice on 3 links, 5.24 GiB in groups of 4 chips on 2, 8.38 GiB in
+    pairs on 1)
+
+    sampling after, from the HLO: the copy, once per step: all-to-all 0.81 + all-gathers 5.30 (7/16 of
+    the 13.5 GiB of bf16 weights received per chip, plus the replicated embedding and LM head); then in
+    each of the 320 layer passes two bf16 all-gathers (4 MiB) and two float32 reduce-scatters (8 MiB)
+    inside each pair: 2.50 + 5.00.
+    decode_shards=4 (copy split over 4 chips): 76.24 GiB per step (sampling 25.91), 19.77 GiB per chip.
 """
 
 from quietstar_jax.training.config import base_config
@@ -56,6 +89,10 @@ def get_config():
     c.model.remat_policy = "full"
     c.model.scan_layers = True
     c.model.attention_impl = "stream"
+    # The thought sampler's 10 decode passes keep one bf16 weight copy split over pairs of chips
+    # (quietstar_jax.sharding.layout): 1/2 of it (6.75 GiB) per chip during sampling, and each pass moves
+    # activations instead of all-gathering every layer's weights again (see the table above).
+    c.model.decode_shards = 2
 
     # Quiet-STaR (paper / reference defaults, spelled out).
     c.quietstar.n_ahead = 12  # N

@@ -2,7 +2,7 @@
 # shellcheck disable=SC2034  # the settings below are used by the scripts that source this file
 # Shared settings and helpers for the launch/ scripts (sourced by them; not meant to be run).
 # Override any setting in the environment, e.g.
-#   ACCELERATOR_TYPE=v5p-16 BUCKET=gs://my-bucket ./launch/create.sh
+#   ACCELERATOR_TYPE=v5p-8 BUCKET=gs://my-bucket ./launch/create.sh
 #   DRY_RUN=1 ./launch/train.sh --config.steps=10      # print the gcloud commands, run nothing
 # A bad setting stops the script with one line naming the problem and the fix.
 
@@ -57,9 +57,9 @@ REPO_ROOT=$(dirname "$LAUNCH_DIR")
 # (also us-east5-a, us-east1-d, us-central1-b).
 if [[ -z "${ACCELERATOR_TYPE:-}" ]]; then
   case "${CONFIG:-}" in
-    *tpu_v5e.py) ACCELERATOR_TYPE=v5litepod-16 ;;   # 16 chips
-    *tpu_v5p.py) ACCELERATOR_TYPE=v5p-16 ;;         # 8 chips, 2 hosts
-    *tpu_v6e.py) ACCELERATOR_TYPE=v6e-16 ;;         # 16 chips
+    *tpu_v5e.py) ACCELERATOR_TYPE=v5litepod-16 ;;   # 16 chips, 4 hosts (the slice configs/tpu_v5e.py is sized for)
+    *tpu_v5p.py) ACCELERATOR_TYPE=v5p-8 ;;          # 4 chips, 1 host
+    *tpu_v6e.py) ACCELERATOR_TYPE=v6e-8 ;;          # 8 chips, 1 host
     *) ACCELERATOR_TYPE=v4-16 ;;                    # topology 2x2x2: 8 chips, 2 hosts
   esac
 fi

@@ -53,7 +53,7 @@ def run(c, topology: str, mfu: float = 0.4, min_headroom_gib: float = 0.0, flops
         raise
     if dump_hlo:
         with open(dump_hlo, "w") as f:
-            f.write(r["compiled"].as_text())
+            f.write(r["hlo_text"])
         print(f"optimized HLO (per-chip SPMD program) written to {dump_hlo}")
     print(format_report(r, mfu, tokens_per_step=c.global_batch_size * c.seq_len, steps=c.steps), flush=True)
     total, usable = r["memory"]["total"], r["usable_hbm"]

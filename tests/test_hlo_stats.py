@@ -256,6 +256,70 @@ ENTRY %main (p: pred[], x: f32[64]) -> f32[64] {
     assert st.collective_count[("all-reduce", "unattributed")] == 1
 
 
+# How the TPU compiler writes a reduce-scatter (a kCustom fusion around an all-reduce that returns the
+# chip's slice), inside a loop of 3; and the mesh replica-group form with an explicit device order.
+FUSED_RS = """HloModule fused_rs, num_partitions=8
+
+%all-reduce-scatter.1 (input: f32[4,32,64]) -> f32[8,8,64] {
+  %input = f32[4,32,64]{2,1,0:T(8,128)} parameter(0)
+  %bc = f32[16,8,64]{2,1,0:T(8,128)} bitcast(%input)
+  %ar = f32[16,8,64]{2,1,0:T(8,128)} all-reduce(%bc), channel_id=8, replica_groups={{0,1},{2,3},{4,5},{6,7}}, to_apply=%add
+  %table = u32[2]{0} constant({0, 1})
+  %pid = u32[] partition-id()
+  %ds0 = u32[1]{0} dynamic-slice(%table, %pid), dynamic_slice_sizes={1}
+  %off = u32[] bitcast(%ds0)
+  %z = u32[] constant(0)
+  ROOT %ds = f32[8,8,64]{2,1,0:T(8,128)} dynamic-slice(%ar, %off, %z, %z), dynamic_slice_sizes={8,8,64}
+}
+
+%body (p: (s32[], f32[4,32,64])) -> (s32[], f32[4,32,64]) {
+  %p = (s32[], f32[4,32,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4,32,64] get-tuple-element(%p), index=1
+  %f = f32[8,8,64] fusion(%x), kind=kCustom, calls=%all-reduce-scatter.1, metadata={op_name="jit(step)/jvp(sample_thoughts)/while/body/dot_general"}
+  %one = s32[] constant(1)
+  %n = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[4,32,64]) tuple(%n, %x)
+}
+
+%cond (p: (s32[], f32[4,32,64])) -> pred[] {
+  %p = (s32[], f32[4,32,64]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %three = s32[] constant(3)
+  ROOT %lt = pred[] compare(%i, %three), direction=LT
+}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+ENTRY %main (x: f32[4,32,64], y: bf16[4,8]) -> f32[4,32,64] {
+  %x = f32[4,32,64] parameter(0)
+  %y = bf16[4,8] parameter(1)
+  %a2a = bf16[4,8] all-to-all(%y), replica_groups=mesh['a'=4,'b'=2], device_ids=([4,2]T(1,0)) {'b'}, dimensions={0}
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4,32,64]) tuple(%zero, %x)
+  %w = (s32[], f32[4,32,64]) while(%init), condition=%cond, body=%body
+  ROOT %out = f32[4,32,64] get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_fused_reduce_scatter_and_mesh_groups_with_device_order():
+    st = analyze(FUSED_RS)
+    # The all-reduce of f32[16,8,64] over pairs that keeps half: a reduce-scatter sending (2-1)/2 of the
+    # buffer, 3 times (not an all-reduce's 2 (n-1)/n).
+    buf = 16 * 8 * 64 * 4
+    assert st.collective_bytes[("reduce-scatter", "sampling")] == 3 * buf / 2
+    assert st.collective_bytes[("all-reduce", "sampling")] == 0
+    # mesh['a'=4,'b'=2], device_ids=(...) {'b'}: groups of 2, (2-1)/2 of bf16[4,8].
+    assert st.collective_bytes[("all-to-all", "unattributed")] == 4 * 8 * 2 / 2
+    assert st.by_group() == {2: pytest.approx(3 * buf / 2 + 32)}
+    assert all(c.group == 2 for c in st.collectives)
+
+
 def test_shapes_and_phases():
     assert shape_bytes("bf16[4,8]{1,0:T(8,128)(2,1)}") == 64
     assert shape_bytes("bf16[4,8]{1,0:T(8,128)(2,1)}", padded=True) == 8 * 128 * 2
@@ -279,6 +343,13 @@ def test_roofline_is_the_max():
     no_flops = roofline.estimate(hardware.V4, (2, 2, 1), None, 1200e9, 0.0)
     assert no_flops.compute_s is None and no_flops.bound == "HBM" and no_flops.step_s == pytest.approx(1.0)
     assert "docs.cloud.google.com/tpu/docs/v4" in roofline.sources_line(hardware.V4)
+    # By replica-group size: the 8 chips of a v4 2x2x2 in mesh order, pairs of neighbours along z; a
+    # pair has one link between them, a 2x2 plane two, the slice three.
+    coords = [(x, y, z) for x in range(2) for y in range(2) for z in range(2)]
+    assert [roofline.group_links(hardware.V4, (2, 2, 2), coords, n) for n in (2, 4, 8)] == [1, 2, 3]
+    grouped = roofline.estimate(hardware.V4, (2, 2, 2), 275e12, 0.0, 300e9, {2: 50e9, 8: 250e9}, coords)
+    assert grouped.ici_s == pytest.approx(50e9 / 50e9 + 250e9 / 150e9)
+    assert grouped.ici_by_group == {2: (50e9, 1), 8: (250e9, 3)}
 
 
 # ------------------------------------------------------------------------------------------ real HLO
@@ -327,3 +398,50 @@ def test_tiny_train_step_communication(tiny_compiled):
     assert rl.step_s == max(rl.compute_s, rl.hbm_s, rl.ici_s)
     assert rl.flops_per_chip == pytest.approx(r["flops_executed"] / chips)
     assert math.isclose(rl.collective_bytes_per_chip, st.total_collective_bytes)
+
+
+@pytest.fixture(scope="module")
+def decode_layout_compiled():
+    """A tiny model whose weights, like a 7B model's, outweigh one decode pass's activations (hidden 256,
+    MLP 1024; 4 rows x 32 tokens per device group), compiled for v4:2x2x1 (fsdp=4) with the sampler in
+    the decode layout over pairs of chips (model.decode_shards=2)."""
+    from test_compile import tiny_config
+
+    from quietstar_jax.tpu import aot
+
+    c = tiny_config(**{"model.tiny.num_hidden_layers": 3, "model.tiny.hidden_size": 256,
+                       "model.tiny.intermediate_size": 1024, "model.tiny.head_dim": 64, "quietstar.n_ahead": 7,
+                       "model.decode_shards": 2})
+    return c, aot.compile_train_step(c, "v4:2x2x1", log=lambda s: None)
+
+
+@needs_libtpu
+def test_decode_layout_gathers_the_weights_once_per_sampler_call(decode_layout_compiled):
+    """Regression guard for the sampler's communication (issue 13): with model.decode_shards the decode
+    passes move activations, and the weights cross the ICI once per sampler call (per micro-batch), not
+    once per pass as with decode_shards=0 (test_tiny_train_step_communication)."""
+    c, r = decode_layout_compiled
+    st, rl = r["hlo_stats"], r["roofline"]
+    cfg, chips, accum, m = c.model.tiny, r["chips"], c.grad_accum_steps, c.model.decode_shards
+    T, H, nL = c.quietstar.n_ahead - 3, cfg.hidden_size, cfg.num_hidden_layers
+    passes = accum * (T + 1) * nL  # layer passes per step: base + T decode steps per micro-batch
+    rows = c.global_batch_size // accum * c.quietstar.n_passes // (chips // m)  # rows per device group
+    act = rows * c.seq_len * H  # one layer input of a group
+    # Per layer pass: 2 float32 reduce-scatters (o_proj, down_proj partial sums) and 2 bf16 all-gathers
+    # (the normed inputs) inside each pair: (m-1)/m of the buffer.
+    rs = st.collective_bytes[("reduce-scatter", "sampling")]
+    assert rs == pytest.approx(passes * 2 * act * 4 * (m - 1) / m)
+    hd = cfg.head_dim
+    layer = 2 * (H * hd * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads) + 3 * H * cfg.intermediate_size)
+    tables = 2 * 2 * cfg.vocab_size * H  # the bf16 embedding table and LM head, gathered for the copy
+    once = accum * (nL * layer + tables)  # every bf16 weight once per sampler call
+    moved = st.collective_bytes[("all-gather", "sampling")] + st.collective_bytes[("all-to-all", "sampling")]
+    gathers = passes * 2 * act * 2 * (m - 1) / m
+    assert gathers < moved <= once + 1.1 * gathers, (moved, once, gathers)
+    assert st.collective_bytes[("all-reduce", "sampling")] < 2 ** 14  # scalars (the entropy), no activations
+    # What decode_shards=0 moves: every layer's weights in every pass, (n-1)/n of them per chip.
+    per_pass = accum * (T + 1) * nL * layer * (chips - 1) / chips
+    assert st.by_phase()["sampling"] < per_pass / 2.5
+    # The pairs' collectives are timed on the one link between the two chips of a pair.
+    assert rl.ici_by_group[2][1] == 1 and rl.ici_by_group[2][0] >= rs
+    assert r["memory"]["total"] < r["usable_hbm"]

@@ -30,8 +30,8 @@ SCRIPTS = ["env.sh", "create.sh", "setup.sh", "fetch.sh", "train.sh", "stop.sh"]
 GENERATIONS = [
     ("v4-16", "v4", "us-central2-b", "tpu-ubuntu2204-base"),
     ("v5litepod-16", "v5e", "us-west4-a", "v2-alpha-tpuv5-lite"),
-    ("v5p-16", "v5p", "us-east5-a", "v2-alpha-tpuv5"),
-    ("v6e-16", "v6e", "us-east5-b", "v2-alpha-tpuv6e"),
+    ("v5p-8", "v5p", "us-east5-a", "v2-alpha-tpuv5"),
+    ("v6e-8", "v6e", "us-east5-b", "v2-alpha-tpuv6e"),
 ]
 WORKDIR = "gs://test-bucket/runs/quietstar-mistral7b-v4"
 TRAIN_DEFAULT_ARGS = [
@@ -305,11 +305,31 @@ def test_generation_defaults(gc, worker, acc, gen, zone, runtime):
                          "--config.model.path=/mnt/disks/models/Mistral-7B-v0.1"]
 
 
+@pytest.mark.parametrize("gen", ["v4", "v5e", "v5p", "v6e"])
+def test_default_slice_is_the_one_the_config_is_sized_for(gc, gen):
+    """CONFIG=configs/tpu_<gen>.py alone picks the accelerator type whose chip grid is the config's
+    tpu_topology (the slice its memory table was compiled for), and the config's mesh uses every chip."""
+    import importlib.util
+    import math
+
+    from quietstar_jax.tpu.topology import parse_topology
+
+    r = gc.bash('. launch/env.sh && printf %s "$ACCELERATOR_TYPE"', CONFIG=f"configs/tpu_{gen}.py")
+    assert r.returncode == 0, r.stderr
+    spec = importlib.util.spec_from_file_location(f"tpu_{gen}", REPO / "configs" / f"tpu_{gen}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    (gen_a, dims_a), (gen_c, dims_c) = parse_topology(r.stdout), parse_topology(c.tpu_topology)
+    assert (gen_a.generation, dims_a) == (gen_c.generation, dims_c) == (gen, dims_c), (r.stdout, c.tpu_topology)
+    assert math.prod(dict(c.mesh).values()) == math.prod(dims_c)
+
+
 def test_generation_from_config(gc, worker):
     gc.reply("tpu-vm", "describe", replies=[{"rc": 1}, {"out": "READY\n"}])
     assert gc.run("create.sh", CONFIG="configs/tpu_v6e.py").returncode == 0
     create = gc.only("create")
-    assert [flag(create, f) for f in ("zone", "accelerator-type", "version")] == ["us-east5-b", "v6e-16",
+    assert [flag(create, f) for f in ("zone", "accelerator-type", "version")] == ["us-east5-b", "v6e-8",
                                                                                   "v2-alpha-tpuv6e"]
     gc.clear()
     assert gc.run("train.sh", CONFIG="configs/tpu_v6e.py", ZONE="europe-west4-a").returncode == 0

@@ -171,6 +171,43 @@ def test_cached_sampling_logits_equal_training_forward_logits():
     np.testing.assert_allclose(jax.nn.log_softmax(train), jax.nn.log_softmax(raws), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mesh_shape, shards", [
+    ({"data": 1, "fsdp": 8, "tensor": 1}, 2),
+    ({"data": 1, "fsdp": 4, "tensor": 2}, 2),  # heads split over tensor x fsdp_inner
+    ({"data": 2, "fsdp": 4, "tensor": 1}, 4),  # one group per data replica: plain Megatron over fsdp
+])
+def test_sampling_in_the_decode_layout_equals_unsharded(mesh_shape, shards):
+    """ModelConfig.decode_shards (a resident weight copy split over device groups, activations moved
+    instead of weights) samples the same thoughts with the same logits as one device, on meshes with
+    data, fsdp and tensor axes; a group size that does not divide fsdp is a one-line ConfigError."""
+    from quietstar_jax.errors import ConfigError
+    from quietstar_jax.sharding import batch_sharding, make_mesh, tree_shardings
+    from quietstar_jax.training.state import full_param_axes
+
+    cfg = CFG.replace(num_attention_heads=8, num_key_value_heads=4)
+    params = make_params(cfg=cfg)
+    b = make_batch(B=16, L=6, pad_from=3)
+    key = jax.random.key(3)
+    want = jax.jit(lambda p: sample_thoughts(p, cfg, QS, b["tokens"], b["positions"], b["segment_ids"], key,
+                                             return_logits=True))(params)
+    mesh = make_mesh(mesh_shape)
+    p_sh, b_sh = tree_shardings(full_param_axes(cfg, QS), params, mesh), batch_sharding(mesh)
+
+    def on_mesh(c):
+        def f(p, t, pos, seg):
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                return sample_thoughts(p, c, QS, t, pos, seg, key, return_logits=True)
+        return jax.jit(f, in_shardings=(p_sh, b_sh, b_sh, b_sh))(jax.device_put(params, p_sh), b["tokens"],
+                                                                b["positions"], b["segment_ids"])
+
+    thoughts, ent, raws = on_mesh(cfg.replace(decode_shards=shards))
+    np.testing.assert_array_equal(thoughts, want[0])
+    np.testing.assert_allclose(raws, want[2], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(ent, want[1], rtol=1e-5)
+    with pytest.raises(ConfigError, match="decode_shards=3 does not divide the fsdp axis"):
+        on_mesh(cfg.replace(decode_shards=3))
+
+
 # ----------------------------------------------------------------------------- objective
 
 

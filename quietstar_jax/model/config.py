@@ -51,6 +51,11 @@ class ModelConfig:
     remat_policy: str = "none"
     scan_layers: bool = True
     attention_impl: str = "stream"  # "dense": the reference's L x KL mask formulation (benchmarks)
+    # No-grad decoding (the thought sampler) on a mesh: > 0 keeps one compute-dtype copy of the weights
+    # for all decode passes, split over groups of this many consecutive fsdp devices (a divisor of the
+    # fsdp axis; 1/decode_shards of the copy per chip), and moves activations instead of weights
+    # (quietstar_jax.sharding.layout). 0: every pass gathers the fsdp-sharded weights layer by layer.
+    decode_shards: int = 0
 
     def __post_init__(self):
         if not self.layer_windows:
@@ -79,6 +84,8 @@ class ModelConfig:
              f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
         need(self.attention_impl in ("stream", "dense"),
              f"attention_impl {self.attention_impl!r} not in ('stream', 'dense')")
+        need(isinstance(self.decode_shards, int) and self.decode_shards >= 0,
+             f"decode_shards must be an int >= 0, got {self.decode_shards!r}")
         need(self.dtype in ("float32", "bfloat16", "float16", "float64"), f"dtype {self.dtype!r} unsupported")
         need(self.param_dtype in ("float32", "bfloat16"), f"param_dtype {self.param_dtype!r} unsupported")
         rope = dict(self.rope_scaling)

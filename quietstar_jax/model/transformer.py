@@ -7,6 +7,11 @@ layer body regardless of depth), optionally rematerialised with a named policy.
 KV cache (sampling without gradients): `forward(..., return_base_kv=True)` on the base stream returns
 its per-layer keys/values; `KVCache.create` adds empty diagonal slots; each decode call then runs one
 new stream against the cache and writes its keys/values into its slot.
+
+Layouts (quietstar_jax.sharding.layout): `forward(..., layout=)` says where activations live on a mesh;
+the default is training's (batch-sharded activations, weights gathered where used). The sampler's
+decode passes use a DecodeLayout with `resident_weights`, a compute-dtype copy of the weights split over
+small device groups: the same function, with different communication.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from flax import struct
 from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.numerics import acc_dtype
+from quietstar_jax.model.params import param_axes
 from quietstar_jax.model.rope import apply_rope, rope_cos_sin
+from quietstar_jax.sharding.layout import TRAINING, TrainingLayout
 from quietstar_jax.sharding.rules import constrain_batch
 
 _POLICIES = {
@@ -45,10 +52,12 @@ class KVCache:
     diag_v: jax.Array
 
     @classmethod
-    def create(cls, base_kv: tuple[jax.Array, jax.Array], num_slots: int) -> "KVCache":
+    def create(cls, base_kv: tuple[jax.Array, jax.Array], num_slots: int,
+               layout: TrainingLayout = TRAINING) -> "KVCache":
         k, v = base_kv
         nL, B, L, Hkv, D = k.shape
-        zeros = jnp.zeros((nL, B, num_slots, L, Hkv, D), k.dtype)
+        k, v = layout.heads(k, batch_axis=1), layout.heads(v, batch_axis=1)
+        zeros = layout.heads(jnp.zeros((nL, B, num_slots, L, Hkv, D), k.dtype), batch_axis=1)
         return cls(k, v, zeros, zeros)
 
 
@@ -66,6 +75,30 @@ def linear(x: jax.Array, p: dict) -> jax.Array:
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
     return y
+
+
+def _row_linear(x: jax.Array, p: dict, layout: TrainingLayout) -> jax.Array:
+    """linear for o_proj / down_proj, whose input features a decode layout splits over devices: there
+    the partial products are summed across devices in the accumulation dtype (a float32
+    reduce-scatter into the residual's layout) and rounded to x's dtype once, as the unsplit matmul
+    rounds its float32 accumulator: the same numbers up to float32 summation order."""
+    if not layout.row_parallel:
+        return linear(x, p)
+    y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype), preferred_element_type=acc_dtype(x.dtype))
+    y = layout.residual(y).astype(x.dtype)
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    return y
+
+
+def resident_weights(params: dict, cfg: ModelConfig, layout: TrainingLayout) -> dict:
+    """The params for `forward(..., layout=layout)`: with a DecodeLayout, the decoder's weights (model +
+    lm_head) as one compute-dtype copy in that layout, made once for many passes (other entries, e.g.
+    Quiet-STaR's, as they are); with the training layout the same params (no copy). Casting first
+    changes no value: every use casts its weight to the compute dtype anyway."""
+    axes = param_axes(cfg)
+    copy = layout.place_weights({k: params[k] for k in axes}, axes, jnp.dtype(cfg.dtype))
+    return {**params, **copy}
 
 
 def embed(params: dict, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
@@ -88,31 +121,34 @@ def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
                                       preferred_element_type=acc_dtype(hidden.dtype)))
 
 
-def qkv(cfg: ModelConfig, lp: dict, x: jax.Array, cos, sin):
+def qkv(cfg: ModelConfig, lp: dict, x: jax.Array, cos, sin, layout: TrainingLayout = TRAINING):
     """A layer's input norm and q, k, v projections with RoPE: x (..., H) -> q (..., Hq, D), k, v
-    (..., Hkv, D); cos / sin broadcast against (..., D)."""
+    (..., Hkv, D); cos / sin broadcast against (..., D). layout: where the activations live."""
     D = cfg.head_dim
     attn = lp["self_attn"]
-    h = rms_norm(x, lp["input_layernorm"]["weight"], cfg.rms_norm_eps)
-    q = linear(h, attn["q_proj"]).reshape(*x.shape[:-1], cfg.num_attention_heads, D)
-    k = linear(h, attn["k_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D)
-    v = linear(h, attn["v_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D)
+    h = layout.group_rows(rms_norm(x, lp["input_layernorm"]["weight"], cfg.rms_norm_eps))
+    q = layout.heads(linear(h, attn["q_proj"]).reshape(*x.shape[:-1], cfg.num_attention_heads, D))
+    k = layout.heads(linear(h, attn["k_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
+    v = layout.heads(linear(h, attn["v_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def attention_out_and_mlp(cfg: ModelConfig, lp: dict, x: jax.Array, o: jax.Array) -> jax.Array:
+def attention_out_and_mlp(cfg: ModelConfig, lp: dict, x: jax.Array, o: jax.Array,
+                          layout: TrainingLayout = TRAINING) -> jax.Array:
     """The rest of a layer after attention: x (..., H) residual, o (..., Hq, D) attention output ->
     x + o_proj(o), then the post-attention norm and the SwiGLU MLP with its residual."""
-    x = constrain_batch(x + linear(o.reshape(*o.shape[:-2], -1), lp["self_attn"]["o_proj"]))
-    h = rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps)
+    x = layout.residual(x + _row_linear(o.reshape(*o.shape[:-2], -1), lp["self_attn"]["o_proj"], layout))
+    h = layout.group_rows(rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps))
     mlp = lp["mlp"]
-    return x + linear(jax.nn.silu(linear(h, mlp["gate_proj"])) * linear(h, mlp["up_proj"]), mlp["down_proj"])
+    act = jax.nn.silu(layout.features(linear(h, mlp["gate_proj"]))) * layout.features(linear(h, mlp["up_proj"]))
+    return x + _row_linear(act, mlp["down_proj"], layout)
 
 
-def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot):
+def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot,
+           layout: TrainingLayout = TRAINING):
     """One decoder layer. x: (B, Kq, L, H). Returns (x, base_kv or updated cache layer)."""
     D = cfg.head_dim
-    q, k, v = qkv(cfg, lp, x, cos, sin)
+    q, k, v = qkv(cfg, lp, x, cos, sin, layout)
     if cache_layer is None:
         # All streams present: stream 0 is the base text, the rest are the diagonal keys.
         kb, vb, kd, vd = k[:, 0], v[:, 0], k[:, 1:], v[:, 1:]
@@ -125,17 +161,20 @@ def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_la
     attend = dense_stream_attention if cfg.attention_impl == "dense" else stream_attention
     o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype), vd.astype(q.dtype), mask, window,
                D ** -0.5)
-    return attention_out_and_mlp(cfg, lp, x, o), out_state
+    return attention_out_and_mlp(cfg, lp, x, o, layout), out_state
 
 
 def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, mask: StreamMask,
-            cache: KVCache | None = None, slot=None, return_base_kv: bool = False):
+            cache: KVCache | None = None, slot=None, return_base_kv: bool = False,
+            layout: TrainingLayout = TRAINING):
     """Runs the decoder over streams of input embeddings.
 
     x: (B, Kq, L, H) input embeddings (see `embed`; Quiet-STaR substitutes thought embeddings).
     positions: (B, Kq, L) int position ids. mask: StreamMask for the Kq query streams.
     cache/slot: decode mode. The Kq = 1 new stream attends to the cached base stream and to the cached
         slots; its keys/values are written into `slot` (int, may be traced) first.
+    layout: where activations live on the mesh (quietstar_jax.sharding.layout); a DecodeLayout expects
+        `resident_weights` params.
     Returns hidden (B, Kq, L, H) after the final norm, plus the base (k, v) stacked over layers
     (nL, B, L, Hkv, D) if return_base_kv, or the updated KVCache in decode mode.
     """
@@ -143,15 +182,17 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     chex.assert_shape(positions, x.shape[:3])
     dtype = jnp.dtype(cfg.dtype)
     x = x.astype(dtype)
-    cos, sin = rope_cos_sin(cfg, positions)
+    # What every layer's attention reads, placed once (not gathered again in every layer's loop body).
+    cos, sin = (layout.group_rows(t) for t in rope_cos_sin(cfg, positions))
+    mask = mask.replace(segment_ids=layout.group_rows(mask.segment_ids))
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
     layers = params["model"]["layers"]
     decode = cache is not None
 
     def body(carry, xs):
         lp, window, cache_layer = xs
-        y, state = _layer(cfg, mask, cos, sin, constrain_batch(carry), lp, window, cache_layer, slot)
-        return constrain_batch(y), (state if (decode or return_base_kv) else None)
+        y, state = _layer(cfg, mask, cos, sin, layout.residual(carry), lp, window, cache_layer, slot, layout)
+        return layout.residual(y), (state if (decode or return_base_kv) else None)
 
     if cfg.remat_policy != "none":
         body = jax.checkpoint(body, policy=_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)

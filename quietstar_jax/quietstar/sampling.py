@@ -5,6 +5,12 @@ tokens (one per position) against the cache and samples the next thought token a
 once. Sampling draws from softmax(logits / temperature) (optionally top-k), with the start/end ids
 masked: exactly what feeding each prefix + thought so far to the plain model one by one would give.
 
+Communication on a mesh: with ModelConfig.decode_shards > 0 the T + 1 passes run in the decode layout
+(quietstar_jax.sharding.layout): one compute-dtype copy of the weights, split over groups of
+decode_shards devices, made once per call and kept for all passes; each pass then moves activations,
+not weights. decode_shards = 0 gathers the fsdp-sharded weights layer by layer in every pass, like the
+training forward. Same numbers either way (up to float32 summation order on a mesh).
+
 The reference samples with hard Gumbel-max, which is the same categorical distribution; we use the
 inverse CDF with one uniform per position instead, because Gumbel-max needs V random numbers per
 position: on the reference CPU config (4 x 64 positions, V = 32000) that is 0.24 s of RNG per decode
@@ -18,9 +24,10 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.transformer import KVCache, forward, lm_logits
+from quietstar_jax.model.transformer import KVCache, forward, lm_logits, resident_weights
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
+from quietstar_jax.sharding.layout import decode_layout
 
 
 def sampling_logits(logits, qs: QuietStarConfig):
@@ -106,10 +113,12 @@ def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, posit
         empty = jnp.zeros((R, L, 0), jnp.int32)
         return (empty, jnp.float32(0), jnp.zeros((R, L, 0, cfg.vocab_size))) if return_logits else (
             empty, jnp.float32(0))
+    layout = decode_layout(cfg.decode_shards)
+    params = resident_weights(params, cfg, layout)
     x = embed_with_thoughts(params, cfg, qs, tokens)[:, None]
     _, base_kv = forward(params, cfg, x, positions[:, None], StreamMask.causal(segment_ids),
-                         return_base_kv=True)
-    cache = KVCache.create(base_kv, T)
+                         return_base_kv=True, layout=layout)
+    cache = KVCache.create(base_kv, T, layout)
     mask = StreamMask(segment_ids, jnp.zeros((1,), jnp.int32), jnp.arange(1, T + 1, dtype=jnp.int32))
 
     def step(carry, i):
@@ -119,7 +128,7 @@ def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, posit
         h, cache = forward(params, cfg, embed_with_thoughts(params, cfg, qs, inp)[:, None],
                            (positions + i + 1)[:, None],
                            StreamMask(mask.segment_ids, jnp.full((1,), i + 1, jnp.int32), mask.kv_streams),
-                           cache=cache, slot=i)
+                           cache=cache, slot=i, layout=layout)
         raw = lm_logits(params, cfg, h[:, 0])  # (R, L, V)
         tok, ent = sample_inverse_cdf(sampling_logits(raw, qs), sampling_uniforms(key, i, (R, L)))
         return (cache, tok), (tok, jnp.mean(ent), raw if return_logits else None)

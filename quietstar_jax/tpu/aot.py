@@ -17,7 +17,10 @@ usual MFU numerator). Element-wise work is not counted (a few percent).
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+import tempfile
 import time
 
 import jax
@@ -101,8 +104,10 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
     report["lower_s"] = trace_s + time.time() - t
     log(f"lowered in {report['lower_s']:.1f}s; compiling for {topo.name} (the TPU compiler, on this host)...")
     t = time.time()
-    compiled = lowered.compile()
-    report["compile_s"] = time.time() - t
+    with tempfile.TemporaryDirectory(prefix="quietstar-aot-") as dump:
+        compiled = lowered.compile(compiler_options=_DUMP_OPTIONS | {"xla_dump_to": dump})
+        report["compile_s"] = time.time() - t
+        report["hlo_text"] = optimized_hlo_text(compiled, dump)
 
     ma = compiled.memory_analysis()
     mem = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
@@ -116,19 +121,38 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
         report["xla_flops_per_chip"] = float((cost or {}).get("flops", float("nan")))
     except Exception:  # noqa: BLE001 - cost model unavailable
         report["xla_flops_per_chip"] = float("nan")
-    report.update(communication_report(compiled, topo, report))
+    report.update(communication_report(compiled, topo, report, [tuple(d.coords) for d in mesh.devices.flat]))
     report["compiled"] = compiled
     return report
 
 
-def communication_report(compiled, topo: Topology, report: dict) -> dict:
+# The TPU compiler writes the optimized module's text itself (no proto round trip): `*.after_optimizations.txt`.
+_DUMP_OPTIONS = {"xla_dump_hlo_as_text": True}
+
+
+def optimized_hlo_text(compiled, dump_dir: str) -> str:
+    """The compiled (optimized, partitioned) module's HLO text: compiled.as_text(), or, where jaxlib cannot
+    read the module libtpu returns back (jax 0.10.2 + libtpu 0.0.52 for v6e 7B: "async-update instruction
+    should have 1 operands but sees 3"), the text the compiler dumped into `dump_dir`."""
+    try:
+        return compiled.as_text()
+    except Exception:  # noqa: BLE001 - a JaxRuntimeError from the HLO proto parser
+        files = sorted(glob.glob(os.path.join(dump_dir, "*.after_optimizations.txt")))
+        if not files:
+            raise
+        with open(files[-1]) as f:
+            return f.read()
+
+
+def communication_report(compiled, topo: Topology, report: dict, coords: list | None = None) -> dict:
     """Per chip per step: collective bytes by kind x phase and HBM bytes, read off the compiled program's
     HLO with loop trip counts (quietstar_jax.tpu.hlo_stats), and the roofline step time they give with the
-    executed FLOPs on this slice (quietstar_jax.tpu.roofline)."""
-    stats = hlo_stats.analyze(compiled.as_text())
+    executed FLOPs on this slice (quietstar_jax.tpu.roofline). coords: the mesh's devices' chip
+    coordinates in mesh order (the ICI links of collectives over device groups)."""
+    stats = hlo_stats.analyze(report.get("hlo_text") or compiled.as_text())
     flops = report.get("flops_executed")
     rl = roofline.estimate(topo.spec, topo.dims, flops / report["chips"] if flops is not None else None,
-                           stats.hbm_bytes, stats.total_collective_bytes)
+                           stats.hbm_bytes, stats.total_collective_bytes, stats.by_group(), coords)
     try:  # XLA's own count (loop bodies once), printed next to ours for comparison
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -23,6 +23,8 @@ collective are one collective, counted at the start; tuple-shaped collectives su
     all-to-all           (n-1)/n x buffer       (sent, = received)
     collective-permute   buffer                 (sent by each chip that has a target)
 n is the replica-group size (explicit groups, iota groups [G,n]<=[N], or mesh['axis'=k] {'axis'} form).
+The TPU compiler writes a reduce-scatter as an all-reduce fusion that returns only the chip's slice
+(`all-reduce-scatter`): counted as the reduce-scatter it runs as, (n-1)/n x the all-reduced buffer.
 An all-reduce's buffer is its operand: the TPU compiler may reduce an f32 operand into a bf16 result.
 
 Phases, from the op's metadata op_name (jax's name stack; an op without one inherits the op_name of
@@ -73,8 +75,8 @@ def _group_size(ins: Instr, mod: Module) -> int:
             return len([x for x in first.split(",") if x.strip()])
         if g == "{}":
             return mod.num_partitions * mod.replica_count
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", ins.attrs)
-    if m:  # mesh['a'=2,'b'=4] {'b'}: the group spans the listed axes
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:\s*,\s*device_ids=\((?:[^()]|\([^()]*\))*\))?\s*\{([^}]*)\}", ins.attrs)
+    if m:  # mesh['a'=2,'b'=4] {'b'} (or with a device_ids=(...) order between): the group spans the listed axes
         sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'\s*=\s*(\d+)", m.group(1))}
         return math.prod(sizes[a] for a in re.findall(r"'([^']+)'", m.group(2)) if a in sizes) or 1
     return mod.num_partitions * mod.replica_count
@@ -83,6 +85,23 @@ def _group_size(ins: Instr, mod: Module) -> int:
 def _collective_kind(opcode: str) -> str | None:
     base = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
     return base if base in KINDS else None
+
+
+def _through_bitcasts(comp: Computation, name: str) -> Instr | None:
+    ins = comp.by_name.get(name)
+    while ins is not None and ins.opcode == "bitcast" and ins.operands:
+        ins = comp.by_name.get(ins.operands[0])
+    return ins
+
+
+def is_fused_reduce_scatter(ins: Instr, comp: Computation) -> bool:
+    """An all-reduce whose computation returns only this chip's slice of it: how the TPU compiler
+    writes a reduce-scatter (a kCustom fusion `all-reduce-scatter`: all-reduce, then a dynamic-slice at
+    the chip's shard offset), which runs as a reduce-scatter on the wire."""
+    root = comp.root
+    return (ins.opcode in ("all-reduce", "all-reduce-start") and root is not None
+            and root.opcode == "dynamic-slice" and bool(root.operands)
+            and _through_bitcasts(comp, root.operands[0]) is ins)
 
 
 def collective_bytes(ins: Instr, comp: Computation, mod: Module, done_shape: str | None = None) -> float:
@@ -107,6 +126,8 @@ def collective_bytes(ins: Instr, comp: Computation, mod: Module, done_shape: str
     n = _group_size(ins, mod)
     buf = in_bytes if operands else out_bytes
     if kind == "all-reduce":
+        if is_fused_reduce_scatter(ins, comp):
+            return (n - 1) / n * buf
         return 2.0 * (n - 1) / n * buf
     return (n - 1) / n * buf  # all-to-all
 
@@ -202,6 +223,7 @@ class Collective:
     shape: str  # its result shape
     runs: float
     bytes: float
+    group: int = 0  # devices per replica group (collective-permute: the whole program's devices)
 
 
 @dataclasses.dataclass
@@ -231,6 +253,13 @@ class HloStats:
 
     def by_phase(self) -> dict:
         return {p: sum(self.collective_bytes[(k, p)] for k in KINDS) for p in PHASES}
+
+    def by_group(self) -> dict:
+        """{devices per replica group: bytes per chip per step} (the roofline's ICI links depend on it)."""
+        out: dict = {}
+        for c in self.collectives:
+            out[c.group] = out.get(c.group, 0.0) + c.bytes
+        return out
 
 
 def _op_hbm_bytes(ins: Instr, comp: Computation, comps: dict, done_shape: str | None) -> float:
@@ -294,12 +323,15 @@ class _Walker:
             name = ins.op_name if _informative(ins.op_name) else context
             phase = phase_of(name)
             kind = _collective_kind(ins.opcode)
+            if kind == "all-reduce" and is_fused_reduce_scatter(ins, comp):
+                kind = "reduce-scatter"
             if kind is not None:
                 b = collective_bytes(ins, comp, self.mod, dones.get(ins.name))
                 tally.bytes[(kind, phase)] += mult * b
                 tally.count[(kind, phase)] += mult
+                group = self.mod.num_partitions if kind == "collective-permute" else _group_size(ins, self.mod)
                 tally.items.append(Collective(kind, phase, ins.name, name, dones.get(ins.name, ins.shape), mult,
-                                              mult * b))
+                                              mult * b, group))
             tally.hbm[phase] += mult * _op_hbm_bytes(ins, comp, self.mod.comps, dones.get(ins.name))
             if ins.opcode == "while":
                 n = self.trip(comp, ins)

@@ -120,10 +120,14 @@ def _communication_lines(r: dict) -> list[str]:
                  f"{_bytes_short(st.hbm_bytes_once)}){mark('HBM')}")
     lines.append("           by phase: " + ", ".join(f"{_PHASE_HEADS[p].rstrip('.')} {_bytes_short(b)}"
                                                 for p, b in st.hbm_by_phase.items() if b))
+    rate = rl.ici_bytes_per_s / max(rl.ici_links, 1) / 1e9
     lines.append(f"  ICI      {_dur(rl.ici_s):>9}   {_bytes_short(rl.collective_bytes_per_chip)} per chip / "
-                 f"({rl.ici_links} links x {rl.ici_bytes_per_s / max(rl.ici_links, 1) / 1e9:.0f} GB/s one way)"
-                 f"{mark('ICI')}")
-    lines.append("  assumes: each limit alone at its peak, perfect overlap; collectives span the slice and use all "
-                 "its links at once; HBM bytes = op operands + results outside fusions, tiled sizes")
+                 f"({rl.ici_links} links x {rate:.0f} GB/s one way){mark('ICI')}")
+    if any(n < r["chips"] for n in rl.ici_by_group):
+        lines.append("           by group: " + ", ".join(
+            f"{'slice' if n >= r['chips'] else f'{n} chips'} {_bytes_short(b)} on {k} link{'s' * (k != 1)}"
+            for n, (b, k) in sorted(rl.ici_by_group.items(), key=lambda kv: -kv[0])))
+    lines.append("  assumes: each limit alone at its peak, perfect overlap; a collective uses all the links of its "
+                 "device group at once; HBM bytes = op operands + results outside fusions, tiled sizes")
     lines.append("  " + roofline.sources_line(gen))
     return lines

@@ -10,11 +10,14 @@ Each is a lower bound on the step time if that resource were the only limit and 
 peak; the step can be no faster than the largest (perfect overlap of the other two), and is slower in
 practice (imperfect overlap, MXU utilisation below peak, element-wise work not counted in the FLOPs).
 
-ICI assumption: every collective spans the whole slice (true of this project's 1-D fsdp / data meshes)
-and drives all of the chip's usable ICI links in parallel, one direction each, at the published per-link
-rate (hardware.slice_ici_bytes_per_s: torus wrap-around only where the docs promise it, else the mesh's
-end chips set the pace). The per-chip bytes are what a chip must receive (all-gather) or send
-(reduce-scatter ...), so bytes / (links x per-link rate) is the shortest time the links allow.
+ICI assumption: a collective drives all the ICI links its replica group can use in parallel, one
+direction each, at the published per-link rate. A group spanning the whole slice uses the slice's links
+(hardware.slice_ici_bytes_per_s: torus wrap-around only where the docs promise it, else the mesh's end
+chips set the pace); a smaller group (the sampler's decode layout: groups of consecutive devices of the
+fsdp axis) uses the links inside the bounding box of that many consecutive devices of the mesh (a pair
+of neighbours: one link), all groups at once on disjoint links. The per-chip bytes are what a chip must
+receive (all-gather) or send (reduce-scatter ...), so bytes / (links x per-link rate) is the shortest
+time the links allow; the ICI time sums that over group sizes (collectives do not share links in time).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Roofline:
     hbm_bytes_per_s: float
     ici_bytes_per_s: float
     ici_links: int
+    # {devices per group: (bytes per chip, links)} when the bytes were given by group size
+    ici_by_group: dict = dataclasses.field(default_factory=dict)
 
     @property
     def times(self) -> dict:
@@ -55,21 +60,38 @@ class Roofline:
         return max(self.times.values())
 
 
+def group_links(gen: hardware.TpuGeneration, dims: tuple, coords: list, n: int) -> int:
+    """ICI links per chip for a collective over n consecutive devices of a mesh whose devices sit at
+    `coords` (mesh order): those of their bounding box, with wrap-around only when the box is the whole
+    slice and the slice has it (hardware.ici_links)."""
+    if n >= len(coords):
+        return hardware.ici_links(gen, dims)
+    box = tuple(max(c[i] for c in coords[:n]) - min(c[i] for c in coords[:n]) + 1 for i in range(len(dims)))
+    return sum(0 if d == 1 else 1 for d in box)
+
+
 def estimate(gen: hardware.TpuGeneration, dims: tuple, flops_per_chip: float | None, hbm_bytes_per_chip: float,
-             collective_bytes_per_chip: float) -> Roofline:
-    """The roofline of one step on a slice of `gen` chips shaped `dims` (per-chip inputs; see module doc)."""
+             collective_bytes_per_chip: float, bytes_by_group: dict | None = None,
+             coords: list | None = None) -> Roofline:
+    """The roofline of one step on a slice of `gen` chips shaped `dims` (per-chip inputs; see module doc).
+    bytes_by_group ({devices per replica group: bytes}) with the mesh's device `coords`: ICI time per
+    group size; without them every collective is taken to span the slice."""
     links = hardware.ici_links(gen, dims)
     ici_bw = links * gen.ici_link_bytes_per_s
     if collective_bytes_per_chip and not ici_bw:
         raise ValueError(f"collectives on a one-chip slice {dims}: the program was not compiled for it")
+    by_group, ici_s = {}, (collective_bytes_per_chip / ici_bw if ici_bw else 0.0)
+    if bytes_by_group and coords:
+        by_group = {n: (b, group_links(gen, dims, coords, n)) for n, b in sorted(bytes_by_group.items()) if b}
+        ici_s = sum(b / (k * gen.ici_link_bytes_per_s) for b, k in by_group.values() if k)
     have_flops = flops_per_chip is not None and flops_per_chip == flops_per_chip
     return Roofline(
         compute_s=flops_per_chip / gen.peak_bf16_flops if have_flops else None,
         hbm_s=hbm_bytes_per_chip / gen.hbm_bytes_per_s,
-        ici_s=collective_bytes_per_chip / ici_bw if ici_bw else 0.0,
+        ici_s=ici_s,
         flops_per_chip=flops_per_chip if have_flops else None, hbm_bytes_per_chip=hbm_bytes_per_chip,
         collective_bytes_per_chip=collective_bytes_per_chip, peak_flops=gen.peak_bf16_flops,
-        hbm_bytes_per_s=gen.hbm_bytes_per_s, ici_bytes_per_s=ici_bw, ici_links=links)
+        hbm_bytes_per_s=gen.hbm_bytes_per_s, ici_bytes_per_s=ici_bw, ici_links=links, ici_by_group=by_group)
 
 
 def sources_line(gen: hardware.TpuGeneration) -> str:

@@ -44,6 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.remat_policy = "full"  # none | full | dots | dots_no_batch
     c.model.scan_layers = True
     c.model.attention_impl = "stream"
+    # The thought sampler's decode passes on a mesh: 0 gathers the fsdp-sharded weights layer by layer in
+    # every pass; N > 0 (a divisor of mesh.fsdp) keeps one compute-dtype weight copy split over groups of N
+    # devices for all passes (1/N of it per chip) and moves activations instead (ModelConfig.decode_shards).
+    c.model.decode_shards = 0
     c.model.tiny = _tiny_model()
 
     qs = QuietStarConfig()
@@ -126,6 +130,8 @@ def validate(c, for_compile: bool = False) -> None:
              f"{c.model.path!r} is not a directory")
         need(c.model.path.startswith("gs://") or os.path.exists(os.path.join(c.model.path, "config.json")),
              "model.path", f"{c.model.path!r} has no config.json")
+    need(isinstance(c.model.decode_shards, int) and c.model.decode_shards >= 0, "model.decode_shards",
+         f"must be an int >= 0, got {c.model.decode_shards!r}")
     need(c.nan_policy in NAN_POLICIES, "nan_policy", f"{c.nan_policy!r} not in {NAN_POLICIES}")
     need(c.export_dtype in ("float32", "bfloat16", "float16"), "export_dtype", f"{c.export_dtype!r}")
     need(c.distributed in ("auto", "on", "off"), "distributed", f"{c.distributed!r}")

@@ -41,7 +41,7 @@ def runtime_options(config) -> dict:
     """The ModelConfig runtime fields (not part of the HF architecture) from config.model."""
     m = config.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat_policy=m.remat_policy,
-                scan_layers=m.scan_layers, attention_impl=m.attention_impl)
+                scan_layers=m.scan_layers, attention_impl=m.attention_impl, decode_shards=m.decode_shards)
 
 
 def model_config_only(config) -> tuple[ModelConfig, dict | None]:
@@ -137,6 +137,10 @@ def check_batch_layout(config, mesh) -> None:
             f"config.global_batch_size: {config.global_batch_size} / grad_accum_steps {config.grad_accum_steps} = "
             f"{micro} rows per micro-batch, not divisible by the data x fsdp mesh size {n_batch} "
             f"(mesh {dict(mesh.shape)})")
+    fsdp, shards = mesh.shape["fsdp"], config.model.decode_shards
+    if shards and fsdp % shards:
+        raise ConfigError(f"config.model.decode_shards={shards} does not divide mesh.fsdp={fsdp}: use a divisor "
+                          f"of {fsdp}, or 0 to gather the weights in every decode pass")
     if config.global_batch_size % jax.process_count():
         raise ConfigError(f"config.global_batch_size {config.global_batch_size} is not divisible by the "
                           f"{jax.process_count()} processes")
