@@ -71,7 +71,12 @@ def thoughts_text(params, setup, tokenizer, batch_row: dict, key, positions=(8, 
     shown = [p for p in positions if p < len(toks) and seg[p] != 0]
     if not qs.enabled or qs.num_thought_tokens == 0 or not shown:
         return ""  # (rows shorter than the first position: nothing to show, so nothing to compile)
-    fn = jax.jit(lambda p, t, pos, s, k: sample_thoughts(p, cfg, qs, t, pos, s, k)[0])
+    def sample(p, t, pos, s, k):
+        # Under the training mesh, so the sampler uses its decode layout as it does inside the step.
+        with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
+            return sample_thoughts(p, cfg, qs, t, pos, s, k)[0]
+
+    fn = jax.jit(sample)
     rep = NamedSharding(setup.mesh, P())
     arrs = [put_global(batch_row[k], rep) for k in ("tokens", "positions", "segment_ids")]
     th = np.asarray(jax.device_get(fn(params, *arrs, key)))[0]
