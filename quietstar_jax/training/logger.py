@@ -73,6 +73,12 @@ class Logger:
                 self.writer.add_scalar("perf/utilisation", self.flops / dt / self.peak.flops_per_s, step)
         return line
 
+    def exclude(self, seconds: float) -> None:
+        """Time spent between steps on something else (an evaluation): left out of the next step's time,
+        throughput and ETA."""
+        if self.t_last is not None:
+            self.t_last += seconds
+
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         """Extra scalars (e.g. evaluation results) next to the training curves."""
         if self.writer is not None:

@@ -219,6 +219,20 @@ def initial_state(config, setup: Setup, loaded: LoadedModel):
     return init_state_from_params(params, setup.tx, setup.shardings)
 
 
+def initial_params(config, setup: Setup, loaded: LoadedModel):
+    """The step-0 params again (what initial_state starts from), laid out like the state's params: for
+    comparing a finished run with where it began. The loaded weights are still on the host (loaded);
+    the Quiet-STaR params and a random init are re-created from the seed."""
+    cfg, qs, tok = setup.cfg, setup.qs, loaded.tokenizer
+    shardings = setup.shardings["params"]
+    if loaded.host_params is None:
+        return jax.jit(random_params_fn(cfg, qs, config.seed, tok.init_ids), out_shardings=shardings)()
+    from quietstar_jax.quietstar import init_quietstar_params
+
+    qs_params = init_quietstar_params(loaded.host_params, cfg, qs, jax.random.key(config.seed + 1), tok.init_ids)
+    return place_params(dict(loaded.host_params, quietstar=jax.tree.map(np.asarray, qs_params)), shardings)
+
+
 def checkpoint_meta(cfg: ModelConfig, qs: QuietStarConfig, tokenizer) -> dict:
     """What a checkpoint records about the model it belongs to (checked on restore)."""
     return {"model": cfg.to_hf_dict(), "quietstar": dataclasses.asdict(qs), "tokenizer": tokenizer.fingerprint}

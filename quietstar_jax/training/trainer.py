@@ -100,6 +100,14 @@ class Trainer:
             self.hooks.add(self._nan_hook, every=1)
         if c.sample_every:
             self.hooks.add(self._thoughts_hook, every=c.sample_every, at_last=False)
+        if "eval" in c and c.eval.tasks.strip():
+            from quietstar_jax.evaluation.train_hooks import PeriodicEval
+
+            self.hooks.add(PeriodicEval(self), every=c.eval.every_steps)
+        if "eval" in c and c.eval.heldout_rows:
+            from quietstar_jax.evaluation.train_hooks import HeldoutBeforeAfter
+
+            self.hooks.add(HeldoutBeforeAfter(self), every=0)
 
     def add_hook(self, fn, every: int = 1, *, at_last: bool = True, at_first: bool = False) -> None:
         """fn(StepInfo) after every `every`-th step (and after the final one unless at_last=False)."""
