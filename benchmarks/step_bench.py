@@ -12,6 +12,7 @@ time the matmuls that any exact implementation must do would take at that peak (
 Model: hidden 256, 4 layers, vocab 32000 (the authors' CPU toy config); batch 2, P thoughts each.
 """
 
+import argparse
 import json
 import os
 import resource
@@ -108,18 +109,29 @@ def run_row(L, N, M, P, attention, steps):
             "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
 
 
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="Train-step benchmark on this CPU: Quiet-STaR (stream attention) vs a dense-mask variant vs "
+                    "the plain-LM floor (hidden 256, 4 layers, vocab 32000, batch 2). Prints one table row per "
+                    "config; each row runs in its own process.")
+    ap.add_argument("--quick", action="store_true", help="only the L=64 rows (about 1 minute)")
+    ap.add_argument("--max-len", type=int, default=None, help="skip rows with L above this (e.g. 256: no L=1024)")
+    ap.add_argument("--min-len", type=int, default=None, help="skip rows with L below this (e.g. 1024: only it)")
+    ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row, JSON [L, N, M, P, attn, steps]
+    return ap.parse_args(argv)
+
+
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--row":
-        L, N, M, P, attention, steps = json.loads(sys.argv[2])
+    args = parse_args()
+    if args.row is not None:
+        L, N, M, P, attention, steps = json.loads(args.row)
         print(json.dumps(run_row(L, N, M, P, attention, steps)))
         return
-    rows = ROWS[:3] if "--quick" in sys.argv else ROWS
-    max_len = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--max-len=")]
-    if max_len:
-        rows = [r for r in rows if r[1] <= max_len[0]]
-    min_len = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--min-len=")]
-    if min_len:
-        rows = [r for r in rows if r[1] >= min_len[0]]
+    rows = ROWS[:3] if args.quick else ROWS
+    if args.max_len is not None:
+        rows = [r for r in rows if r[1] <= args.max_len]
+    if args.min_len is not None:
+        rows = [r for r in rows if r[1] >= args.min_len]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     peak = float(subprocess.run([sys.executable, "-c", "import step_bench as b; print(b.matmul_peak_gflops())"],
@@ -127,7 +139,7 @@ def main():
                                 text=True, check=True).stdout.strip().splitlines()[-1])
     print(f"measured float32 matmul peak: {peak:.1f} GFLOP/s (2048^3 matmul, jit, this machine)")
     print(f"{'row':24s} {'L':>5s} {'N':>3s} {'M':>2s} {'P':>2s} {'step s':>8s} {'peak RSS GB':>11s} "
-          f"{'GFLOP/step':>10s} {'util %':>7s} {'floor GFLOP':>11s} {'floor s':>8s}")
+          f"{'GFLOP/step':>10s} {'util %':>7s} {'floor GFLOP':>11s} {'floor s':>8s} {'x floor':>7s}")
     for name, L, N, M, P, attention in rows:
         steps = 7 if L <= 64 else 3 if L <= 256 else 2
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--row",
@@ -139,7 +151,8 @@ def main():
         util = 100 * r["flops"] / r["step_s"] / 1e9 / peak
         floor = floor_flops(L, N, M, P)
         print(f"{name:24s} {L:5d} {N:3d} {M:2d} {P:2d} {r['step_s']:8.3f} {r['rss_gb']:11.2f} "
-              f"{r['flops'] / 1e9:10.1f} {util:7.1f} {floor / 1e9:11.1f} {floor / 1e9 / peak:8.3f}", flush=True)
+              f"{r['flops'] / 1e9:10.1f} {util:7.1f} {floor / 1e9:11.1f} {floor / 1e9 / peak:8.3f} "
+              f"{r['step_s'] / (floor / 1e9 / peak):7.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -102,4 +102,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    worker() if "--worker" in sys.argv else main()
+    if "--help" in sys.argv or "-h" in sys.argv:
+        print(__doc__.strip())
+    else:
+        worker() if "--worker" in sys.argv else main()
