@@ -31,6 +31,8 @@ from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# A CPU experiment: with libtpu installed (the test extra) JAX would first probe for a TPU and print warnings.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "/tmp/quietstar_jax/eval_experiment", "output folder (must not hold results yet)")

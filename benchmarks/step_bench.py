@@ -65,7 +65,8 @@ def floor_flops(L, N, M, P, B=2, H=256, I=688, n_layers=4, V=32000):
             + head * (T * R * L + 3 * M * R * L + 3 * B * L + 2 * policy_rows))
 
 
-def run_row(L, N, M, P, attention, steps):
+def build_step(L, N, M, P, attention):
+    """The benchmarked step, jitted (params and AdamW state donated), and its (params, opt, batch)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -91,7 +92,13 @@ def run_row(L, N, M, P, attention, steps):
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 
-    jstep = jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1)), (params, opt, batch)
+
+
+def run_row(L, N, M, P, attention, steps):
+    import jax
+
+    jstep, (params, opt, batch) = build_step(L, N, M, P, attention)
     compiled = jstep.lower(params, opt, batch, jax.random.key(3)).compile()
     # Matmul FLOPs from the jaxpr (scan bodies x length); XLA's cost_analysis counts loop bodies once.
     from quietstar_jax.training.flops import jaxpr_matmul_flops
