@@ -105,7 +105,6 @@ def main():
     ap.add_argument("--top", type=int, default=12, help="matmul shapes listed")
     args = ap.parse_args()
     import jax
-
     import step_bench
 
     L, N, M, P = args.len, args.n_ahead, args.n_ahead_talk, args.n_passes

@@ -31,17 +31,26 @@ def define_flags() -> None:
                                          "default: /tmp/quietstar_jax/<run_name>")
 
 
+def run_training(config, workdir: str) -> dict:
+    """Runs (or resumes) the configured training with the evaluation hooks `config.eval` asks for.
+    Returns Trainer.run()'s result."""
+    from quietstar_jax.evaluation.train_hooks import add_config_hooks
+    from quietstar_jax.training.trainer import Trainer
+
+    trainer = Trainer(config, workdir)
+    add_config_hooks(trainer)
+    return trainer.run()
+
+
 def main(argv) -> int:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}: options are --config=FILE, --config.a.b=VALUE, --workdir=DIR")
     # orbax logs every checkpoint file operation at INFO; keep the console to our progress lines.
     if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)
-    from quietstar_jax.training.trainer import train
-
     c = cli.loaded_config(FLAGS.config)
     workdir = FLAGS.workdir or os.path.join("/tmp/quietstar_jax", c.run_name)
-    train(c, workdir)
+    run_training(c, workdir)
     return 0
 
 

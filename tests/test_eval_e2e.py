@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
+import builders
 import pytest
 
-import builders
+from quietstar_jax.evaluation.train_hooks import add_config_hooks
 from quietstar_jax.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,9 @@ def run(tmp_path_factory):
     c = builders.run_config(**{"steps": 2, "checkpoint.enabled": False, "export_hf": False, "data.prefetch": 0,
                                "peak_flops_per_device": 1e11, "quietstar.n_ahead": 5, **EVAL})
     lines = []
-    Trainer(c, wd, log=lines.append).run()
+    trainer = Trainer(c, wd, log=lines.append)
+    add_config_hooks(trainer)
+    trainer.run()
     return wd, "\n".join(lines)
 
 

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from mistral_tokenizer import SHA256, file_sha256, mistral_hf_tokenizer, model_file
+
 from quietstar_jax.evaluation.datasets import read_gsm8k_jsonl
 from quietstar_jax.evaluation.metric import plan_example
 from quietstar_jax.evaluation.tasks import Example, scoring_text

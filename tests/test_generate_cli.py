@@ -7,9 +7,9 @@ import shutil
 import subprocess
 import sys
 
+import builders
 import pytest
 
-import builders
 from quietstar_jax.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from quietstar_jax.inference.html import color_range, fmt_num, render_page, summarize, normalize_tokens
+from quietstar_jax.inference.html import color_range, fmt_num, normalize_tokens, render_page, summarize
 
 NASTY = ["<script>alert(1)</script>", "a & b", "\n", ' "q" \'s\'', "<img src=x onerror=\"window.__pwned=1\">",
          "</script><script>window.__pwned=1</script>", "é漢字🙂", "  two spaces", "end\n\nnext", ""]

@@ -100,8 +100,8 @@ def _tiny(tmp_path, **over):
 
 
 def test_nan_stop_leaves_latest_checkpoint_intact(tmp_path):
+    from quietstar_jax.train import run_training as train
     from quietstar_jax.training.checkpoint import Checkpointer
-    from quietstar_jax.training.trainer import train
 
     # A huge learning rate blows the params up within a few steps -> non-finite loss.
     c = _tiny(tmp_path, **{"optimizer.learning_rate": 1e30, "optimizer.warmup_steps": 0, "nan_policy": "stop",

@@ -8,6 +8,7 @@
   a small table (console), TensorBoard heldout/*, <workdir>/heldout_nll.json.
 
 Both run on every process (the collectives need it); only process 0 prints and writes.
+`add_config_hooks(trainer)` adds what `config.eval` asks for (quietstar_jax.train.run_training calls it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ import jax
 
 def _main() -> bool:
     return jax.process_index() == 0
+
+
+def add_config_hooks(trainer) -> None:
+    """The evaluation hooks `trainer.config.eval` asks for (none for a run that is already complete)."""
+    c = trainer.config
+    if trainer.complete_at is not None or "eval" not in c:
+        return
+    if c.eval.tasks.strip():
+        trainer.add_hook(PeriodicEval(trainer), every=c.eval.every_steps)
+    if c.eval.heldout_rows:
+        trainer.add_hook(HeldoutBeforeAfter(trainer), every=0)
 
 
 def eval_settings(ec, qs):

@@ -4,6 +4,9 @@
     trainer.add_hook(my_eval, every=10)       # fn(StepInfo), called on every process
     result = trainer.run()                    # {"final_step", "metrics", "workdir", "params", "export", ...}
 
+`config.eval`'s hooks (periodic GSM8K / CSQA evaluation, the held-out before/after table) live above
+training, in quietstar_jax.evaluation: `quietstar_jax.train.run_training` adds them (what the CLI runs).
+
 Everything a step computes is a function of (state, step): data rows [s*B, (s+1)*B) of the seeded
 stream, RNG fold_in(seed key, s). So a run killed at any point and restarted with the same command
 ends with bit-identical params. A finished run re-run with the same command only says so.
@@ -100,14 +103,6 @@ class Trainer:
             self.hooks.add(self._nan_hook, every=1)
         if c.sample_every:
             self.hooks.add(self._thoughts_hook, every=c.sample_every, at_last=False)
-        if "eval" in c and c.eval.tasks.strip():
-            from quietstar_jax.evaluation.train_hooks import PeriodicEval
-
-            self.hooks.add(PeriodicEval(self), every=c.eval.every_steps)
-        if "eval" in c and c.eval.heldout_rows:
-            from quietstar_jax.evaluation.train_hooks import HeldoutBeforeAfter
-
-            self.hooks.add(HeldoutBeforeAfter(self), every=0)
 
     def add_hook(self, fn, every: int = 1, *, at_last: bool = True, at_first: bool = False) -> None:
         """fn(StepInfo) after every `every`-th step (and after the final one unless at_last=False)."""
@@ -226,8 +221,3 @@ def summary(workdir: str, tensorboard_dir: str | None, ckpt, out: dict) -> str:
         lines.append(f"  HF export            {out['export']}   (transformers loads it; Quiet-STaR extras in "
                      "quietstar.safetensors)")
     return "\n".join(lines)
-
-
-def train(config, workdir: str) -> dict:
-    """Runs (or resumes) the configured training. Returns Trainer.run()'s result."""
-    return Trainer(config, workdir).run()
