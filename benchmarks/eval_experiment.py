@@ -15,6 +15,7 @@ and without thinking; and the wall time of training and evaluation.
 
     python benchmarks/eval_experiment.py --gsm8k=/path/to/gsm8k/test.jsonl          # the real run (~1 h here)
     python benchmarks/eval_experiment.py --smoke                                      # everything tiny (minutes)
+    python benchmarks/eval_experiment.py --arms=quietstar --lr=1e-6 --gsm8k=...      # one arm, another lr
 
 Writes <out>/results.json (every number, the settings, the per-step training curves of w and the reward),
 <out>/<arm>/<task>.<mode>.jsonl (per-example records) and prints the table.
@@ -47,6 +48,8 @@ flags.DEFINE_integer("n_gsm8k", 200, "GSM8K examples (the first N)")
 flags.DEFINE_integer("heldout_rows", 32, "held-out rows of 48 tokens")
 flags.DEFINE_integer("batch_size", 4, "evaluation batch")
 flags.DEFINE_integer("greedy_tokens", 16, "greedy: new tokens at most (stops at a newline)")
+flags.DEFINE_list("arms", ["untrained", "quietstar", "baseline"], "which arms to run (e.g. quietstar alone, "
+                                                                   "to try another --lr)")
 flags.DEFINE_bool("smoke", False, "tiny everything: 3 steps, 8 examples per task, 8 held-out rows")
 
 
@@ -97,7 +100,7 @@ def evaluate(arm: str, trainer, params, tasks: dict, modes: tuple, heldout: dict
             "eval_seconds": round(time.time() - t, 1)}
 
 
-def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None) -> tuple:
+def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None, steps: int | None = None) -> tuple:
     """Builds the arm's trainer (optionally evaluating its step-0 params first: `before`), trains it.
     Returns (trainer, per-step curves, training seconds, the step-0 evaluation)."""
     from quietstar_jax.evaluation.heldout import heldout_rows
@@ -111,7 +114,8 @@ def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None) 
     curves = []
     tr.add_hook(lambda info: curves.append({"step": info.step, **info.host_metrics()}), every=1)
     t = time.time()
-    tr.run()
+    if steps != 0:
+        tr.run()
     return tr, curves, round(time.time() - t, 1), held, first
 
 
@@ -122,6 +126,11 @@ def table(results: dict) -> str:
             ("final mixing weight w", lambda r: (r.get("curves") or [{}])[-1].get("mixing_weight")),
             ("mean reward, last 10 steps",
              lambda r: _mean([c.get("reward_mean") for c in (r.get("curves") or [])[-10:]])),
+            ("thought entropy, first 10 steps",
+             lambda r: _mean([c.get("thought_entropy") for c in (r.get("curves") or [])[:10]])),
+            ("thought entropy, last 10 steps",
+             lambda r: _mean([c.get("thought_entropy") for c in (r.get("curves") or [])[-10:]])),
+            ("train nll_base, last 10 steps", lambda r: _mean([c.get("nll_base") for c in (r.get("curves") or [])[-10:]])),
             ("held-out NLL, no thinking", lambda r: r["eval"]["heldout"]["nll_base"]),
             ("held-out NLL, thinking", lambda r: r["eval"]["heldout"]["nll_mix"])]
     for task in ("csqa", "gsm8k"):
@@ -171,15 +180,26 @@ def main(argv):
         results["untrained"] = {"eval": r}
         return r
 
-    tr, curves, secs, held, _ = train("quietstar", True, out_dir, FLAGS.heldout_rows, before=untrained)
-    results["quietstar"] = {"train_seconds": secs, "curves": curves,
-                            "eval": evaluate("quietstar", tr, tr.state["params"], tasks, ("think", "no_think"), held,
-                                             out_dir)}
-    del tr
-    tr, curves, secs, held, _ = train("baseline", False, out_dir, FLAGS.heldout_rows)
-    results["baseline"] = {"train_seconds": secs, "curves": curves,
-                           "eval": evaluate("baseline", tr, tr.state["params"], tasks, ("no_think",), held, out_dir)}
-    doc = {"settings": {k: getattr(FLAGS, k) for k in ("steps", "lr", "warmup", "n_csqa", "n_gsm8k", "heldout_rows",
+    arms = set(FLAGS.arms)
+    unknown = arms - {"untrained", "quietstar", "baseline"}
+    if unknown:
+        sys.exit(f"error: --arms: unknown arm(s) {sorted(unknown)}; the arms are untrained, quietstar, baseline")
+    if "quietstar" in arms or "untrained" in arms:
+        # The untrained arm is the Quiet-STaR trainer's step-0 params (evaluated before it trains).
+        tr, curves, secs, held, _ = train("quietstar", True, out_dir, FLAGS.heldout_rows,
+                                          before=untrained if "untrained" in arms else None,
+                                          steps=FLAGS.steps if "quietstar" in arms else 0)
+        if "quietstar" in arms:
+            results["quietstar"] = {"train_seconds": secs, "curves": curves,
+                                    "eval": evaluate("quietstar", tr, tr.state["params"], tasks, ("think", "no_think"),
+                                                     held, out_dir)}
+        del tr
+    if "baseline" in arms:
+        tr, curves, secs, held, _ = train("baseline", False, out_dir, FLAGS.heldout_rows)
+        results["baseline"] = {"train_seconds": secs, "curves": curves,
+                               "eval": evaluate("baseline", tr, tr.state["params"], tasks, ("no_think",), held,
+                                                out_dir)}
+    doc = {"settings": {k: getattr(FLAGS, k) for k in ("arms", "steps", "lr", "warmup", "n_csqa", "n_gsm8k", "heldout_rows",
                                                         "batch_size", "greedy_tokens", "smoke", "gsm8k", "csqa")},
            "wall_seconds": round(time.time() - t0, 1), **results}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
