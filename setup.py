@@ -30,8 +30,10 @@ EXTRAS = {
     # gguf + accelerate + torch let transformers materialise SmolLM2 from its GGUF file; tensorboard
     # reads the runs' event files (`tensorboard --logdir WORKDIR/tensorboard`).
     "hf": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "tensorboard==2.20.0"],
-    # libtpu in the test extra so the AOT-compile-for-TPU tests run on CPU-only CI (137 MB wheel, ~6 s).
-    "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest", "libtpu==0.0.52"],
+    # libtpu in the test extra so the AOT-compile-for-TPU tests run on CPU-only CI (137 MB wheel, ~6 s);
+    # sentencepiece reads Mistral-7B's tokenizer.model (mistral-common wheel) for the eval tokenizer tests.
+    "test": ["torch==2.13.0", "accelerate==1.15.0", "gguf==0.19.0", "pytest", "libtpu==0.0.52",
+             "sentencepiece==0.2.3"],
     # On a TPU VM install jax[tpu]==0.10.2 (launch/setup.sh); this pin is the libtpu matching jax 0.10.2,
     # also what `python -m quietstar_jax.compile` needs on a CPU host.
     "tpu": ["libtpu==0.0.52"],
