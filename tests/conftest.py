@@ -11,12 +11,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# One persistent compilation cache per test session: tests that build the same program again (several
-# runs of one tiny config, the CLIs' subprocesses) compile it once.
+# One persistent compilation cache per test session, for the CLIs' subprocesses (tests pass it on as
+# JAX_COMPILATION_CACHE_DIR): runs of one tiny config in several subprocesses compile it once. Not used
+# by this process itself: here a multi-device train step read back from the cache (compiled earlier
+# by another test's Trainer) deadlocked in its first all-reduce (XLA CPU rendezvous, devices at
+# different collectives), reproducibly with test_eval_e2e then test_generate_cli; compiled afresh it runs.
 import tempfile  # noqa: E402
 
 _CACHE = tempfile.mkdtemp(prefix="quietstar-jax-test-cache-")
 os.environ.setdefault("QS_TEST_JAX_CACHE", _CACHE)
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
