@@ -131,12 +131,16 @@ def _install_recorders() -> None:
             _dump_params(info.state["params"], os.environ["QS_TEST_RECORD"] + f".params{dump_step}.npz")
         time.sleep(pace)
 
-    def train(config, workdir):
+    from quietstar_jax import train as entry_lib
+    from quietstar_jax.evaluation.train_hooks import add_config_hooks
+
+    def run_training(config, workdir):  # quietstar_jax.train.run_training plus the recorder
         trainer = trainer_lib.Trainer(config, workdir)
+        add_config_hooks(trainer)
         trainer.add_hook(after_step, every=1)
         return trainer.run()
 
-    trainer_lib.train = train
+    entry_lib.run_training = run_training
 
 
 if __name__ == "__main__":
