@@ -54,15 +54,10 @@ flags.DEFINE_bool("smoke", False, "tiny everything: 3 steps, 8 examples per task
 
 
 def base_config(quietstar: bool):
-    import importlib.util
-
     from quietstar_jax.training import config as config_lib
 
     # configs/default.py: SmolLM2, the offline math corpus, L 48, batch 2, N 6 / M 2 / P 2.
-    spec = importlib.util.spec_from_file_location("default_config", os.path.join(REPO, "configs", "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_lib.config_from_file(os.path.join(REPO, "configs", "default.py"))
     c.steps = FLAGS.steps
     c.optimizer.learning_rate = FLAGS.lr
     c.optimizer.warmup_steps = FLAGS.warmup

@@ -46,16 +46,14 @@ CPU host, 2.2 GB RSS):
     compile: 2.1 min wall (121 s in the TPU compiler)
 """
 
-import importlib.util
 import pathlib
+
+from quietstar_jax.training.config import config_from_file
 
 
 def _v4_config():
-    # The paper settings live in one place: configs/tpu_v4.py (loaded by path: configs/ is not a package).
-    spec = importlib.util.spec_from_file_location("_tpu_v4", pathlib.Path(__file__).with_name("tpu_v4.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    # The paper settings live in one place: configs/tpu_v4.py.
+    return config_from_file(str(pathlib.Path(__file__).with_name("tpu_v4.py")))
 
 
 def get_config():

@@ -191,3 +191,13 @@ def validate(c, for_compile: bool = False) -> None:
     from quietstar_jax.data import validate_data_config
 
     validate_data_config(c.data)
+
+
+def config_from_file(path: str):
+    """get_config() of a config file given by path (configs/ is not a package: loaded by its location)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
