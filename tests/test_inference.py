@@ -77,21 +77,24 @@ def test_think_logprobs_sample_their_own_thoughts_of_any_length():
 
 
 # ----------------------------------------------------------------------------- generation
-@pytest.mark.parametrize("gen", [SAMPLED, GenerateConfig(max_new_tokens=5, thought_tokens=1,
-                                                         thought=Sampler(temperature=1.3, top_p=0.8))],
-                         ids=["sampled", "thought-length-1"])
-def test_generation_equals_the_naive_loop(gen):
+@pytest.mark.parametrize("gen,qs", [
+    (SAMPLED, QS),
+    (GenerateConfig(max_new_tokens=5, thought_tokens=1, thought=Sampler(temperature=1.3, top_p=0.8)), QS),
+    (GenerateConfig(max_new_tokens=4, thought_tokens=0), QS),  # <start><end>: no sampled token
+    (SAMPLED, dataclasses.replace(QS, mixer="logit")),  # the naive loop mixes hidden states: equal
+], ids=["sampled", "thought-length-1", "thought-length-0", "logits-mixer"])
+def test_generation_equals_the_naive_loop(gen, qs):
     """KV-cached, batched, prompts of different lengths, sampled thoughts and output, EOS: every token,
     thought and mixing weight as the loop that recomputes everything for each new token."""
     params = make_params()
     key = jax.random.key(3)
     # An EOS id that row 0 emits as its third token, so that a row stops early.
-    first = Generator(params, CFG, QS, gen).generate(PROMPTS, LENGTHS, key)
+    first = Generator(params, CFG, qs, gen).generate(PROMPTS, LENGTHS, key)
     gen = dataclasses.replace(gen, eos_ids=(int(first.tokens[0, 2]),))
-    out = Generator(params, CFG, QS, gen).generate(PROMPTS, LENGTHS, key)
+    out = Generator(params, CFG, qs, gen).generate(PROMPTS, LENGTHS, key)
     assert int(out.lengths[0]) == 3 and (np.asarray(out.tokens[0, 3:]) == gen.pad_id).all()
     for b, (tokens, thoughts, weights) in enumerate(_rows(out)):
-        n_tok, n_th, n_w = ref.naive_generate(params, CFG, QS, gen, list(PROMPTS[b, :LENGTHS[b]]), key, b)
+        n_tok, n_th, n_w = ref.naive_generate(params, CFG, qs, gen, list(PROMPTS[b, :LENGTHS[b]]), key, b)
         assert tokens == n_tok, b
         np.testing.assert_array_equal(thoughts, np.asarray(n_th).reshape(thoughts.shape))
         np.testing.assert_allclose(weights, n_w, rtol=1e-4, atol=1e-6)

@@ -8,8 +8,11 @@ Per generated token, for every row at once (quietstar_jax.model.decode):
      text so far and the thought only (no earlier thought is ever in the cache, as in training);
   2. the mixing head mixes the hidden state at <end> with the last text token's: the next-token
      distribution after thinking (think.py computes the same thing for all positions at once);
-  3. the chosen token is appended to the text's cache (one decode step).
-So a token costs N = T + 3 decode steps against 1 for plain decoding. think=False is plain decoding.
+  3. the chosen token is appended to the text's cache.
+Tokens that do not wait for a sample share a decode step (one read of the weights): the chosen token
+with the next thought's <start> (so the state carries the hidden state at <start>), the thought's last
+token with <end>. A token thus costs T + 1 = N - 2 decode steps (N = T + 3 tokens pass through the
+model) against 1 for plain decoding. think=False is plain decoding.
 Prompts of different lengths share a batch (left-aligned internally, positions restart per row);
 rows stop at an EOS id and are then padded with pad_id. The same `advance` function serves the
 jitted while loop (`generate`) and token-by-token streaming (`Generator.stream`), so both agree.
@@ -28,7 +31,7 @@ from flax import struct
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.inference.sampler import Sampler, choose, draw
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.decode import DecodeCache, decode_step, prefill, unstack_layers
+from quietstar_jax.model.decode import DecodeCache, cpu_decode_params, decode_step, prefill
 from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight
@@ -62,6 +65,7 @@ class GenerateConfig:
 class GenState:
     cache: DecodeCache
     h_last: jax.Array  # (B, H) final hidden state of the last text token
+    h_start: jax.Array  # (B, H) final hidden state at the next thought's <start> (thinking only)
     pos_last: jax.Array  # (B,) its position id
     step: jax.Array  # () tokens generated so far
     done: jax.Array  # (B,) bool
@@ -107,35 +111,55 @@ def start(params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateConf
     x = embed_with_thoughts(params, cfg, qs, jnp.where(valid, prompts, 0))
     T = gen.num_thought_tokens(qs)
     hidden, cache = prefill(params, cfg, x, positions, valid, P + gen.max_new_tokens, num_slots=T + 2)
+    h_last, pos_last = hidden[:, -1], positions[:, -1]
+    if gen.think:  # the first thought's <start> (later ones ride with the chosen token)
+        h_start, cache = _feed_thought(params, cfg, qs, jnp.full((B, 1), qs.start_id, jnp.int32), 0, pos_last, cache)
+        h_start = h_start[:, 0]
+    else:
+        h_start = jnp.zeros_like(h_last)
     n = gen.max_new_tokens
-    return GenState(cache, hidden[:, -1], positions[:, -1], jnp.zeros((), jnp.int32), jnp.zeros((B,), bool),
+    return GenState(cache, h_last, h_start, pos_last, jnp.zeros((), jnp.int32), jnp.zeros((B,), bool),
                     jnp.full((B, n), gen.pad_id, jnp.int32), jnp.zeros((B, n, T), jnp.int32),
                     jnp.zeros((B, n), jnp.float32), jnp.zeros((B,), jnp.int32),
                     jnp.arange(B, dtype=jnp.int32) if rows is None else jnp.asarray(rows, jnp.int32))
 
 
-def _thought(params, cfg, qs, gen, cache, h_last, pos_last, key, step, rows):
-    """<start>, T sampled tokens, <end> in the branch slots -> (h at <end> (B, H), thought (B, T), cache)."""
-    B = h_last.shape[0]
+def _feed_thought(params, cfg, qs, ids, slot, pos_last, cache):
+    """Thought tokens ids (B, c) into slots slot..slot + c - 1 of the thought of text position pos_last (B,)
+    -> their hidden states (B, c, H) and the cache."""
+    c = ids.shape[1]
+    positions = pos_last[:, None] + 1 + slot + jnp.arange(c, dtype=jnp.int32)[None]
+    return decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, ids), positions, cache, slot=slot,
+                       anchor=pos_last)
+
+
+def _thought(params, cfg, qs, gen, cache, h_start, pos_last, key, step, rows):
+    """T sampled tokens and <end> in the branch slots after the <start> whose hidden state is h_start
+    (B, H) -> (h at <end> (B, H), thought (B, T), cache). The last sampled token and <end> share a step."""
+    B = h_start.shape[0]
     T = gen.num_thought_tokens(qs)
     sampler = gen.thought_sampler(qs)
+    end = jnp.full((B, 1), qs.end_id, jnp.int32)
 
-    def feed(ids, slot, cache):
-        x = embed_with_thoughts(params, cfg, qs, ids)
-        return decode_step(params, cfg, x, pos_last + 1 + slot, cache, slot, branch=True, anchor=pos_last)
+    def sample(h, j):  # t_{j+1} from the hidden state of the token before it
+        logits = mask_thought_logits(lm_logits(params, cfg, h), qs)
+        return choose(logits, draw(key, step, 1 + j, rows), sampler).astype(jnp.int32)
 
-    h, cache = feed(jnp.full((B,), qs.start_id, jnp.int32), 0, cache)
+    if T == 0:
+        h, cache = _feed_thought(params, cfg, qs, end, 1, pos_last, cache)
+        return h[:, 0], jnp.zeros((B, 0), jnp.int32), cache
 
     def body(carry, j):
         h, cache = carry
-        logits = mask_thought_logits(lm_logits(params, cfg, h), qs)
-        tok = choose(logits, draw(key, step, 1 + j, rows), sampler)
-        h, cache = feed(tok, 1 + j, cache)
-        return (h, cache), tok
+        tok = sample(h, j)
+        h, cache = _feed_thought(params, cfg, qs, tok[:, None], 1 + j, pos_last, cache)
+        return (h[:, 0], cache), tok
 
-    (h, cache), toks = jax.lax.scan(body, (h, cache), jnp.arange(T))
-    h, cache = feed(jnp.full((B,), qs.end_id, jnp.int32), T + 1, cache)
-    return h, jnp.moveaxis(toks, 0, 1).astype(jnp.int32), cache
+    (h, cache), toks = jax.lax.scan(body, (h_start, cache), jnp.arange(T - 1))
+    last = sample(h, T - 1)
+    h, cache = _feed_thought(params, cfg, qs, jnp.concatenate([last[:, None], end], axis=1), T, pos_last, cache)
+    thought = jnp.concatenate([jnp.moveaxis(toks, 0, 1).reshape(B, T - 1), last[:, None]], axis=1)
+    return h[:, 1], thought, cache
 
 
 def next_token_logits(params, cfg, qs, gen, state: GenState, key):
@@ -144,13 +168,14 @@ def next_token_logits(params, cfg, qs, gen, state: GenState, key):
     cache = state.cache
     B = state.h_last.shape[0]
     if gen.think:
-        h_end, thought, cache = _thought(params, cfg, qs, gen, cache, state.h_last, state.pos_last, key, state.step,
-                                         state.rows)
+        h_end, thought, cache = _thought(params, cfg, qs, gen, cache, state.h_start, state.pos_last, key,
+                                         state.step, state.rows)
         w = mixing_weight(params["quietstar"]["talk_head"], qs, state.h_last, h_end)  # (B, 1)
         if qs.mixer == "hidden":
             logits = lm_logits(params, cfg, ((1.0 - w) * state.h_last + w * h_end).astype(state.h_last.dtype))
         else:
-            logits = (1.0 - w) * lm_logits(params, cfg, state.h_last) + w * lm_logits(params, cfg, h_end)
+            both = lm_logits(params, cfg, jnp.concatenate([state.h_last, h_end]))  # one read of the head
+            logits = (1.0 - w) * both[:B] + w * both[B:]
         w = w[:, 0]
     else:
         thought = jnp.zeros((B, gen.num_thought_tokens(qs)), jnp.int32)
@@ -169,9 +194,18 @@ def advance(params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateCo
     eos = jnp.isin(tok, jnp.asarray(gen.eos_ids, jnp.int32)) if gen.eos_ids else jnp.zeros((B,), bool)
     put = lambda buf, val: jax.lax.dynamic_update_index_in_dim(buf, val, t, axis=1)  # noqa: E731
     P = cache.max_len - gen.max_new_tokens
-    x = embed_with_thoughts(params, cfg, qs, tok)
-    h, cache = decode_step(params, cfg, x, state.pos_last + 1, cache, P + t)
-    return GenState(cache, h, state.pos_last + 1, t + 1, state.done | eos, put(state.tokens, tok),
+    pos = state.pos_last + 1
+    if gen.think:  # the token and the next thought's <start> in one step
+        ids = jnp.stack([tok, jnp.full((B,), qs.start_id, jnp.int32)], axis=1)
+        positions = pos[:, None] + jnp.arange(2, dtype=jnp.int32)[None]
+        h, cache = decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, ids), positions, cache,
+                               text_index=P + t, slot=0)
+        h_last, h_start = h[:, 0], h[:, 1]
+    else:
+        h, cache = decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, tok[:, None]), pos[:, None], cache,
+                               text_index=P + t)
+        h_last, h_start = h[:, 0], state.h_start
+    return GenState(cache, h_last, h_start, pos, t + 1, state.done | eos, put(state.tokens, tok),
                     put(state.thoughts, thought), put(state.weights, w), state.lengths + (~state.done).astype(jnp.int32),
                     state.rows)
 
@@ -202,14 +236,14 @@ class Generator:
     """Jitted generation for one model: `generate` for whole batches, `stream` for token-by-token output
     (a Python loop over the same jitted `advance`). mesh: the params' mesh (e.g. the training mesh: params
     fsdp / tensor sharded as in training, prompts sharded over the batch axes); None on one device.
-    unstack: decode with per-layer weight arrays (model.decode.unstack_layers); default on CPU, where it
-    makes a decode step ~1.7x faster, off on TPU."""
+    cpu_layout: decode from a copy of the params in the CPU layout (model.decode.cpu_decode_params:
+    per-layer (in, out) weights); default on CPU, where it makes a decode step ~1.7x faster, off on TPU."""
 
     def __init__(self, params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateConfig,
-                 padding: str = "right", mesh=None, unstack: bool | None = None):
-        if unstack is None:
-            unstack = mesh is None and jax.default_backend() == "cpu"
-        params = unstack_layers(params) if unstack else params
+                 padding: str = "right", mesh=None, cpu_layout: bool | None = None):
+        if cpu_layout is None:
+            cpu_layout = mesh is None and jax.default_backend() == "cpu"
+        params = cpu_decode_params(params) if cpu_layout else params
         self.params, self.cfg, self.qs, self.gen, self.padding = params, cfg, qs, gen, padding
         self._generate = jax.jit(under_mesh(lambda p, x, n, k, r: generate(p, cfg, qs, gen, x, n, k, padding, r),
                                             mesh))

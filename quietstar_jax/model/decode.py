@@ -1,15 +1,18 @@
 """Autoregressive decoding with a KV cache, plus "branch" slots for side computations (a thought).
 
-    hidden, cache = prefill(params, cfg, x, positions, valid, max_len, num_slots)   # the prompt
-    h, cache = decode_step(params, cfg, x_t, pos_t, cache, index=i)                # append a real token
-    h, cache = decode_step(params, cfg, x_t, pos_t, cache, index=j, branch=True,   # a thought token: sees
-                           anchor=pos_p)                                           # the text and slots 0..j
+    hidden, cache = prefill(params, cfg, x, positions, valid, max_len, num_slots)  # the prompt
+    h, cache = decode_step(params, cfg, x_t, pos_t, cache, text_index=i)          # append a real token
+    h, cache = decode_step(params, cfg, x_t, pos_t, cache, slot=j, anchor=pos_p)  # thought tokens: see the
+                                                                                  # text and slots 0..j
+    h, cache = decode_step(params, cfg, x2, pos2, cache, text_index=i, slot=0)    # a real token and the
+                                                                                  # next thought's <start>
+    (x_t: (B, C, H) embeddings of C tokens per row, pos_t (B, C); one read of the weights per call.)
 
 Layout (B rows, S cache entries, Ts slots, nL layers, Hkv KV heads of D):
-    k, v    (nL, B, S, Hkv, D)   the text; entry i holds the token written at index i
+    k, v    (nL, B, Hkv, S, D)   the text; entry i holds the token written at index i
     valid   (B, S) bool          which entries hold a real token (padding never does)
     pos     (B, S) int32         their position ids (rows may be left-padded: positions restart per row)
-    sk, sv  (nL, B, Ts, Hkv, D)  branch slots; a branch token at slot j sees valid text entries and
+    sk, sv  (nL, B, Hkv, Ts, D)  branch slots; a branch token at slot j sees valid text entries and
                                  slots 0..j, and is never seen by text tokens. Slots are overwritten by
                                  the next branch, so a thought never leaves a trace in the text's cache.
 
@@ -67,75 +70,91 @@ def prefill(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
         params = {**params, "model": {**params["model"], "layers": jax.tree.map(lambda *a: jnp.stack(a), *layers)}}
     hidden, (k, v) = forward(params, cfg, x[:, None], positions[:, None], StreamMask.causal(valid.astype(jnp.int32)),
                              return_base_kv=True)
-    nL, _, _, Hkv, D = k.shape
-    pad = [(0, 0), (0, 0), (0, max_len - P), (0, 0), (0, 0)]
-    slots = jnp.zeros((nL, B, num_slots, Hkv, D), k.dtype)
+    # (nL, B, P, Hkv, D) -> (nL, B, Hkv, P, D): per (row, head) the keys are one contiguous (S, D)
+    # matrix, so a decode step's q.k and p.v are plain batched matmuls (the other layout made XLA:CPU
+    # transpose every layer's cache on every step: ~5 of 29 ms per SmolLM2 step).
+    k, v = (jnp.swapaxes(a, 2, 3) for a in (k, v))
+    nL, _, Hkv, _, D = k.shape
+    pad = [(0, 0), (0, 0), (0, 0), (0, max_len - P), (0, 0)]
+    slots = jnp.zeros((nL, B, Hkv, num_slots, D), k.dtype)
     cache = DecodeCache(jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(valid, [(0, 0), (0, max_len - P)]),
                         jnp.pad(positions.astype(jnp.int32), [(0, 0), (0, max_len - P)]), slots, slots)
     return hidden[:, 0], (cache.unstacked() if unstacked else cache)
 
 
 def _attend(q, k, v, key_ok, sk, sv, slot_ok, scale):
-    """q (B, Hq, D) against text keys (B, S, Hkv, D) where key_ok (B, S) and slot keys (B, Ts, Hkv, D)
-    where slot_ok (B, Ts); one softmax over both (float32, float64 for float64 compute)."""
-    B, Hq, D = q.shape
-    Hkv = k.shape[2]
-    qg = q.reshape(B, Hkv, Hq // Hkv, D)
+    """q (B, C, Hq, D) against text keys (B, Hkv, S, D) where key_ok (B, S) (the same for every query of
+    the chunk) and slot keys (B, Hkv, Ts, D) where slot_ok (C, Ts); one softmax over both (float32,
+    float64 for float64 compute). Returns (B, C, Hq, D)."""
+    B, C, Hq, D = q.shape
+    Hkv = k.shape[1]
+    qg = q.reshape(B, C, Hkv, Hq // Hkv, D)
     acc = acc_dtype(q.dtype)
-    s_text = jnp.einsum("bhgd,bshd->bhgs", qg, k, preferred_element_type=acc) * scale
-    s_slot = jnp.einsum("bhgd,bshd->bhgs", qg, sk, preferred_element_type=acc) * scale
-    s_text = jnp.where(key_ok[:, None, None, :], s_text, MASK_VALUE)
-    s_slot = jnp.where(slot_ok[:, None, None, :], s_slot, MASK_VALUE)
+    s_text = jnp.einsum("bchgd,bhsd->bchgs", qg, k, preferred_element_type=acc) * scale
+    s_slot = jnp.einsum("bchgd,bhsd->bchgs", qg, sk, preferred_element_type=acc) * scale
+    s_text = jnp.where(key_ok[:, None, None, None, :], s_text, MASK_VALUE)
+    s_slot = jnp.where(slot_ok[None, :, None, None, :], s_slot, MASK_VALUE)
     p = jax.nn.softmax(jnp.concatenate([s_text, s_slot], axis=-1), axis=-1).astype(q.dtype)
-    S = k.shape[1]
-    o = jnp.einsum("bhgs,bshd->bhgd", p[..., :S], v) + jnp.einsum("bhgs,bshd->bhgd", p[..., S:], sv)
-    return o.reshape(B, Hq, D)
+    S = k.shape[2]
+    o = jnp.einsum("bchgs,bhsd->bchgd", p[..., :S], v) + jnp.einsum("bchgs,bhsd->bchgd", p[..., S:], sv)
+    return o.reshape(B, C, Hq, D)
 
 
-def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Array, cache: DecodeCache, index,
-                branch: bool = False, anchor: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
-    """One new token per row through every layer.
+def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Array, cache: DecodeCache, *,
+                text_index=None, slot=None, anchor: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
+    """A chunk of C new tokens per row through every layer, reading the weights once for all of them.
 
-    x: (B, H) input embeddings; position: (B,) position ids. Text token (branch=False): written at cache
-    entry `index` (a scalar, the same for every row), marked valid, attends to the valid entries up to
-    and including itself. Branch token (branch=True): written at slot `index`, attends to the valid text
-    entries and slots 0..index; anchor (B,) is the position of the text token the branch belongs to
-    (sliding windows are measured from it, as in training). Returns hidden (B, H) after the final norm
-    and the updated cache."""
-    B = x.shape[0]
+    x: (B, C, H) input embeddings; position: (B, C) position ids. With text_index (a scalar, the same for
+    every row) token 0 is a text token: written at that cache entry, marked valid, it attends to the
+    valid entries up to and including itself. The other tokens (all C without text_index) are branch
+    tokens written at slots slot, slot + 1, ...; the one at slot j attends to the valid text entries
+    (including a text token of the same chunk) and slots 0..j. anchor (B,) is the position of the text
+    token the branch belongs to (sliding windows are measured from it, as in training); with a text
+    token it is that token's position. Returns hidden (B, C, H) after the final norm and the cache.
+
+    Chunks exist because on a weight-bandwidth-bound device (one row on a CPU, small batches on a TPU) a
+    decode step costs one read of the weights however few tokens it carries: generation feeds a chosen
+    token together with the next thought's <start>, and a thought's last token together with <end>."""
+    B, C = x.shape[:2]
+    n_text = 0 if text_index is None else 1
+    if C > n_text and slot is None:
+        raise ValueError("branch tokens need a slot")
+    if n_text == 0 and anchor is None:
+        raise ValueError("a chunk without a text token needs the anchor of its branch")
     dtype = jnp.dtype(cfg.dtype)
-    x = constrain_batch(x.astype(dtype)[:, None])  # (B, 1, H)
+    x = constrain_batch(x.astype(dtype))
     position = position.astype(jnp.int32)
-    cos, sin = rope_cos_sin(cfg, position[:, None])  # (B, 1, D)
-    Ts = cache.sk[0].shape[1] if isinstance(cache.sk, tuple) else cache.sk.shape[2]
-    if branch:
-        valid, pos = cache.valid, cache.pos
-        slot_ok = jnp.broadcast_to(jnp.arange(Ts) <= index, (B, Ts))
-        anchor = position if anchor is None else anchor.astype(jnp.int32)
-    else:
-        valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, jnp.ones((B, 1), bool), index, axis=1)
-        pos = jax.lax.dynamic_update_slice_in_dim(cache.pos, position[:, None], index, axis=1)
-        slot_ok = jnp.zeros((B, Ts), bool)
-        anchor = position
+    cos, sin = rope_cos_sin(cfg, position)  # (B, C, D)
+    Ts = cache.sk[0].shape[2] if isinstance(cache.sk, tuple) else cache.sk.shape[3]
+    valid, pos = cache.valid, cache.pos
+    if n_text:
+        valid = jax.lax.dynamic_update_slice_in_dim(valid, jnp.ones((B, 1), bool), text_index, axis=1)
+        pos = jax.lax.dynamic_update_slice_in_dim(pos, position[:, :1], text_index, axis=1)
+        anchor = position[:, 0]
+    anchor = anchor.astype(jnp.int32)
+    # Query c's own slot (-1: a text token, which sees no slot); it sees slots up to its own.
+    own = jnp.arange(C) - n_text + (0 if slot is None else slot)
+    slot_ok = (jnp.arange(Ts)[None, :] <= own[:, None]) & (jnp.arange(C) >= n_text)[:, None]  # (C, Ts)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
 
     def body(h, xs):
         lp, window, k_c, v_c, sk_c, sv_c = xs
-        q, k, v = qkv(cfg, lp, h, cos, sin)  # (B, 1, H*, D)
-        if branch:
-            sk_c = jax.lax.dynamic_update_slice_in_dim(sk_c, k.astype(sk_c.dtype), index, axis=1)
-            sv_c = jax.lax.dynamic_update_slice_in_dim(sv_c, v.astype(sv_c.dtype), index, axis=1)
-        else:
-            k_c = jax.lax.dynamic_update_slice_in_dim(k_c, k.astype(k_c.dtype), index, axis=1)
-            v_c = jax.lax.dynamic_update_slice_in_dim(v_c, v.astype(v_c.dtype), index, axis=1)
+        q, k, v = qkv(cfg, lp, h, cos, sin)  # (B, C, H*, D)
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, C, D): the cache's layout
+        if n_text:
+            k_c = jax.lax.dynamic_update_slice_in_dim(k_c, k[:, :, :1].astype(k_c.dtype), text_index, axis=2)
+            v_c = jax.lax.dynamic_update_slice_in_dim(v_c, v[:, :, :1].astype(v_c.dtype), text_index, axis=2)
+        if C > n_text:
+            sk_c = jax.lax.dynamic_update_slice_in_dim(sk_c, k[:, :, n_text:].astype(sk_c.dtype), slot, axis=2)
+            sv_c = jax.lax.dynamic_update_slice_in_dim(sv_c, v[:, :, n_text:].astype(sv_c.dtype), slot, axis=2)
         key_ok = valid & (pos <= anchor[:, None]) & (anchor[:, None] - pos < window)
-        o = _attend(q[:, 0], k_c.astype(q.dtype), v_c.astype(q.dtype), key_ok, sk_c.astype(q.dtype),
+        o = _attend(q, k_c.astype(q.dtype), v_c.astype(q.dtype), key_ok, sk_c.astype(q.dtype),
                     sv_c.astype(q.dtype), slot_ok, cfg.head_dim ** -0.5)
-        h = attention_out_and_mlp(cfg, lp, h, o[:, None])
+        h = attention_out_and_mlp(cfg, lp, h, o)
         return constrain_batch(h), (k_c, v_c, sk_c, sv_c)
 
     layers = params["model"]["layers"]
-    if isinstance(layers, (tuple, list)):  # unstacked (unstack_layers): one static body per layer
+    if isinstance(layers, (tuple, list)):  # per-layer trees (cpu_decode_params): one static body per layer
         h, outs = x, []
         for i, lp in enumerate(layers):
             h, out = body(h, (lp, windows[i], cache.k[i], cache.v[i], cache.sk[i], cache.sv[i]))
@@ -143,21 +162,31 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
         k, v, sk, sv = (tuple(a) for a in zip(*outs))
     else:
         h, (k, v, sk, sv) = jax.lax.scan(body, x, (layers, windows, cache.k, cache.v, cache.sk, cache.sv))
-    hidden = rms_norm(h, params["model"]["norm"]["weight"], cfg.rms_norm_eps)[:, 0]
+    hidden = rms_norm(h, params["model"]["norm"]["weight"], cfg.rms_norm_eps)
     return hidden, DecodeCache(k, v, valid, pos, sk, sv)
 
 
-def unstack_layers(params: dict) -> dict:
-    """params with the stacked layers split into a tuple of per-layer trees, for decoding on CPU.
+def cpu_decode_params(params: dict) -> dict:
+    """params in the layout XLA:CPU decodes fastest: the stacked layers split into a tuple of per-layer
+    trees, each projection's weight (out, in) stored transposed as Flax's kernel (in, out)
+    (transformer.linear reads either). A copy for decoding on CPU; training and TPUs keep HF's layout.
 
-    A decode step multiplies one token by every weight once, so reading the weights is its whole cost;
-    under lax.scan, XLA:CPU first copies each layer's slice of the stacked weights (measured on the toy
-    config: 1.1-1.5 ms of matmuls per step with stacked weights vs 0.5 ms with per-layer arrays). The
-    cache follows (prefill returns per-layer tuples for unstacked params), so no step copies it either.
-    TPUs read the slices in place, so keep the stacked layout there (and one copy of the weights)."""
+    Why, measured on this 2-core CPU (SmolLM2-135M, batch 1): a decode step multiplies a few tokens by
+    every weight once, so reading the weights is most of its cost. Under lax.scan XLA:CPU first copies
+    each layer's slice of the stacked weights (toy config: 1.1-1.5 ms of matmuls per step stacked vs
+    0.5 ms per-layer). With (out, in) weights a 2-token chunk (model.decode.decode_step) takes 1.5x a
+    1-token step (44 vs 29 ms), with (in, out) 1.2x (36 ms): thinking generation 7% faster per token
+    (benchmarks/generate_bench.py); 1-token steps are unchanged. The cache follows the params
+    (prefill returns per-layer tuples for unstacked params), so no step copies it either."""
     layers = params["model"]["layers"]
     if isinstance(layers, (tuple, list)):
         return params
     n = jax.tree.leaves(layers)[0].shape[0]
-    split = tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(n))
+
+    def kernels(tree):
+        if "weight" in tree and tree["weight"].ndim == 2:
+            return {**{k: v for k, v in tree.items() if k != "weight"}, "kernel": tree["weight"].T}
+        return {k: kernels(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+    split = tuple(kernels(jax.tree.map(lambda a, i=i: a[i], layers)) for i in range(n))
     return {**params, "model": {**params["model"], "layers": split}}

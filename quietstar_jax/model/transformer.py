@@ -70,8 +70,12 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def linear(x: jax.Array, p: dict) -> jax.Array:
-    """x (..., in) @ weight (out, in)^T + bias, in x's dtype."""
-    y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
+    """x (..., in) @ weight (out, in)^T + bias, in x's dtype. A decoding copy may hold the weight
+    transposed as Flax's kernel (in, out) instead (model.decode.cpu_decode_params)."""
+    if "kernel" in p:
+        y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(x.dtype))
+    else:
+        y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
     return y

@@ -3,10 +3,11 @@
     report = compile_generate(config, "v4-16", batch=8, prompt_len=256, max_new_tokens=256)
 
 The program is quietstar_jax.inference.generate.generate (one jitted while loop: prefill, then per token
-a thought of N - 1 decode steps in branch slots, the mix, the choice, the text step) with the params
-laid out as in training (config.mesh, fsdp / tensor) and the prompts split over the batch axes, so it
-answers "does this model generate on this slice, and in how much memory per chip". The report holds
-XLA's memory_analysis per chip against usable HBM, the params' and the KV cache's share.
+a thought's N - 1 tokens in N - 3 decode steps in branch slots, the mix, the choice, the text step with
+the next <start>) with the params laid out as in training (config.mesh, fsdp / tensor) and the prompts
+split over the batch axes, so it answers "does this model generate on this slice, and in how much memory
+per chip". The report holds XLA's memory_analysis per chip against usable HBM, the params' and the KV
+cache's share.
 """
 
 from __future__ import annotations
