@@ -2,19 +2,23 @@
 
     python benchmarks/generate_bench.py            # every row (a few minutes)
     python benchmarks/generate_bench.py --quick    # the tiny model only
-    python benchmarks/generate_bench.py --help
+    python benchmarks/generate_bench.py --vs=DIR   # each row also with the package of another checkout
+    python benchmarks/generate_bench.py --help     # (e.g. git worktree add DIR <commit>), in turn
 
 Rows: the authors' CPU toy config (hidden 256, 4 layers, vocab 32000; random weights) and
 SmolLM2-135M-Instruct (materialised offline), batch 1 and 8, N in {8, 12} (T = N - 3 thought tokens),
 a 256-token prompt. Each row runs in its own process. Per generated token (the median over the timed
 tokens, after a warm-up token; prefill excluded):
   plain      KV-cached decoding without thoughts: 1 decode step
-  thinking   KV-cached with a thought per token: <start>, T tokens, <end> as decode steps in branch
-             slots, then the text step: N decode steps, so the ideal ratio is ~N
+  thinking   KV-cached with a thought per token: <start>, T tokens, <end> in branch slots, then the
+             text token; the text token shares its step with the next <start>, the last thought
+             token with <end>: N - 2 decode steps (of 1 or 2 tokens) and T + 1 vocabulary heads
   naive      the loop that recomputes everything for every token (tests/reference_generate.py; no
              cache: the prefix forward, and one forward per thought token over prefix + thought; one
              row at a time, so batch 8 costs 8x batch 1)
 Targets: thinking <= (N + 2) x plain; thinking >= 10x faster than naive at the 256-token prompt.
+With --vs the two codes run row by row in turn (this checkout first), so a before / after comparison
+shares the machine's state; the `code` column says which is which.
 """
 
 import json
@@ -62,9 +66,9 @@ def time_decoding(params, cfg, qs, batch: int, think: bool, tokens: int) -> floa
     import jax
 
     from quietstar_jax.inference.generate import GenerateConfig, advance, start
-    from quietstar_jax.model.decode import unstack_layers
+    from quietstar_jax.model.decode import cpu_decode_params
 
-    params = unstack_layers(params)  # what Generator does on CPU
+    params = cpu_decode_params(params)  # what Generator does on CPU
     gen = GenerateConfig(max_new_tokens=tokens + 1, think=think)
     prompts = np.random.RandomState(0).randint(0, cfg.vocab_size, (batch, PROMPT)).astype(np.int32)
     lengths = np.full((batch,), PROMPT, np.int32)
@@ -107,6 +111,17 @@ def run_row(model: str, batch: int, N: int) -> dict:
     return out
 
 
+def run_in_process(code_dir: str, model: str, batch: int, N: int, env: dict) -> dict | str:
+    """One row in a fresh process with the package and this script of `code_dir` (a checkout)."""
+    script = os.path.join(code_dir, "benchmarks", "generate_bench.py")
+    env = dict(env, PYTHONPATH=code_dir)
+    res = subprocess.run([sys.executable, script, "--row", json.dumps([model, batch, N])], env=env,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        return (res.stderr.strip().splitlines() or ["no output"])[-1][:100]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main():
     if "--help" in sys.argv or "-h" in sys.argv:
         print(__doc__)
@@ -115,21 +130,31 @@ def main():
         print(json.dumps(run_row(*json.loads(sys.argv[2]))))
         return
     rows = [r for r in ROWS if r[0] == "toy"] if "--quick" in sys.argv else ROWS
+    codes = [("this", os.path.dirname(HERE))]
+    for arg in sys.argv[1:]:
+        if arg.startswith("--vs="):
+            other = os.path.abspath(arg[len("--vs="):])
+            if not os.path.isfile(os.path.join(other, "benchmarks", "generate_bench.py")):
+                print(f"error: --vs={other} is not a checkout of this repository (no benchmarks/generate_bench.py)")
+                sys.exit(2)
+            codes.append(("vs", other))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     print(f"prompt {PROMPT} tokens; seconds per generated token (median; naive: one row at a time)")
-    print(f"{'model':8s} {'B':>2s} {'N':>3s} {'plain s':>9s} {'thinking s':>10s} {'naive s':>9s} {'think/plain':>11s} "
-          f"{'target':>7s} {'naive/think':>11s} {'think tok/s':>11s}")
+    if len(codes) > 1:
+        print(f"code: this = {codes[0][1]}, vs = {codes[1][1]}")
+    print(f"{'model':8s} {'B':>2s} {'N':>3s} {'code':>4s} {'plain s':>9s} {'thinking s':>10s} {'naive s':>9s} "
+          f"{'think/plain':>11s} {'target':>7s} {'naive/think':>11s} {'think tok/s':>11s}")
     for model, batch, N in rows:
-        res = subprocess.run([sys.executable, os.path.abspath(__file__), "--row", json.dumps([model, batch, N])],
-                             env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"{model:8s} {batch:2d} {N:3d}  FAILED: {res.stderr.strip().splitlines()[-1][:100]}")
-            continue
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"{model:8s} {batch:2d} {N:3d} {r['plain']:9.4f} {r['thinking']:10.4f} {r['naive']:9.3f} "
-              f"{r['thinking'] / r['plain']:11.2f} {'<= ' + str(N + 2):>7s} {r['naive'] / r['thinking']:11.1f} "
-              f"{batch / r['thinking']:11.1f}", flush=True)
+        for name, code_dir in codes:
+            r = run_in_process(code_dir, model, batch, N, env)
+            head = f"{model:8s} {batch:2d} {N:3d} {name:>4s}"
+            if isinstance(r, str):
+                print(f"{head}  FAILED: {r}", flush=True)
+                continue
+            print(f"{head} {r['plain']:9.4f} {r['thinking']:10.4f} {r['naive']:9.3f} "
+                  f"{r['thinking'] / r['plain']:11.2f} {'<= ' + str(N + 2):>7s} {r['naive'] / r['thinking']:11.1f} "
+                  f"{batch / r['thinking']:11.1f}", flush=True)
 
 
 if __name__ == "__main__":
