@@ -117,6 +117,8 @@ class Evaluator:
         s = self.s
         base_key = jax.random.key(s.seed)
         summary, records, seconds = {}, {}, {}
+        # Generation decodes from its own layout (a weight copy on CPU): made once for every task and mode.
+        gen_params = self.generation.decode_params(params) if set(s.metrics) - {"authors"} else None
         for task, examples in tasks.items():
             summary[task] = {"n": len(examples)}
             for mode in s.modes:
@@ -129,7 +131,8 @@ class Evaluator:
                     key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
                         base_key, TASKS.index(task)), MODES.index(mode)), METRICS.index(metric))
                     t = time.time()
-                    value = self._one(params, task, examples, think, metric, key, rows)
+                    value = self._one(params if metric == "authors" else gen_params, task, examples, think, metric,
+                                      key, rows)
                     seconds[f"{task}/{mode}/{metric}"] = round(time.time() - t, 2)
                     summary[task][mode][metric] = value
                 records[(task, mode)] = rows

@@ -31,7 +31,7 @@ from flax import struct
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.inference.sampler import Sampler, choose, draw
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.decode import DecodeCache, cpu_decode_params, decode_step, prefill
+from quietstar_jax.model.decode import DecodeCache, cpu_decode_params, decode_step, params_for_decoding, prefill
 from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight
@@ -242,8 +242,9 @@ class Generator:
     def __init__(self, params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateConfig,
                  padding: str = "right", mesh=None, cpu_layout: bool | None = None):
         if cpu_layout is None:
-            cpu_layout = mesh is None and jax.default_backend() == "cpu"
-        params = cpu_decode_params(params) if cpu_layout else params
+            params = params_for_decoding(params, mesh)
+        elif cpu_layout:
+            params = cpu_decode_params(params)
         self.params, self.cfg, self.qs, self.gen, self.padding = params, cfg, qs, gen, padding
         self._generate = jax.jit(under_mesh(lambda p, x, n, k, r: generate(p, cfg, qs, gen, x, n, k, padding, r),
                                             mesh))

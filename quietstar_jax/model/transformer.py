@@ -178,7 +178,8 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     cache/slot: decode mode. The Kq = 1 new stream attends to the cached base stream and to the cached
         slots; its keys/values are written into `slot` (int, may be traced) first.
     layout: where activations live on the mesh (quietstar_jax.sharding.layout); a DecodeLayout expects
-        `resident_weights` params.
+        `resident_weights` params. params["model"]["layers"]: stacked over layers, or a tuple of per-layer
+        trees (model.decode.cpu_decode_params).
     Returns hidden (B, Kq, L, H) after the final norm, plus the base (k, v) stacked over layers
     (nL, B, L, Hkv, D) if return_base_kv, or the updated KVCache in decode mode.
     """
@@ -198,16 +199,20 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
         y, state = _layer(cfg, mask, cos, sin, layout.residual(carry), lp, window, cache_layer, slot, layout)
         return layout.residual(y), (state if (decode or return_base_kv) else None)
 
+    # Per-layer trees (model.decode.cpu_decode_params, a prompt's prefill) run unrolled, as without scan.
+    per_layer = isinstance(layers, (tuple, list))
+    scan = cfg.scan_layers and not per_layer
     if cfg.remat_policy != "none":
-        body = jax.checkpoint(body, policy=_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        body = jax.checkpoint(body, policy=_POLICIES[cfg.remat_policy], prevent_cse=not scan)
     cache_xs = (cache.base_k, cache.base_v, cache.diag_k, cache.diag_v) if decode else None
-    if cfg.scan_layers:
+    if scan:
         x, states = jax.lax.scan(body, x, (layers, windows, cache_xs))
     else:
         outs = []
         for i in range(cfg.num_hidden_layers):
             sl = functools.partial(lambda t, i: t[i], i=i)
-            x, s = body(x, jax.tree.map(sl, (layers, windows, cache_xs)))
+            lp = layers[i] if per_layer else jax.tree.map(sl, layers)
+            x, s = body(x, (lp, windows[i], jax.tree.map(sl, cache_xs)))
             outs.append(s)
         states = None if outs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
     hidden = rms_norm(x, params["model"]["norm"]["weight"], cfg.rms_norm_eps)
