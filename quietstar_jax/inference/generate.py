@@ -34,7 +34,7 @@ from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.decode import DecodeCache, cpu_decode_params, decode_step, params_for_decoding, prefill
 from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
-from quietstar_jax.quietstar.mixing import mixing_weight
+from quietstar_jax.quietstar.mixing import mixed_logits, mixing_weight
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
 
 
@@ -171,11 +171,7 @@ def next_token_logits(params, cfg, qs, gen, state: GenState, key):
         h_end, thought, cache = _thought(params, cfg, qs, gen, cache, state.h_start, state.pos_last, key,
                                          state.step, state.rows)
         w = mixing_weight(params["quietstar"]["talk_head"], qs, state.h_last, h_end)  # (B, 1)
-        if qs.mixer == "hidden":
-            logits = lm_logits(params, cfg, ((1.0 - w) * state.h_last + w * h_end).astype(state.h_last.dtype))
-        else:
-            both = lm_logits(params, cfg, jnp.concatenate([state.h_last, h_end]))  # one read of the head
-            logits = (1.0 - w) * both[:B] + w * both[B:]
+        logits = mixed_logits(params, cfg, qs, state.h_last, h_end, w)
         w = w[:, 0]
     else:
         thought = jnp.zeros((B, gen.num_thought_tokens(qs)), jnp.int32)

@@ -25,7 +25,7 @@ from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.transformer import forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
-from quietstar_jax.quietstar.mixing import mixing_weight
+from quietstar_jax.quietstar.mixing import mixed_logits, mixing_weight
 from quietstar_jax.quietstar.sampling import sample_thoughts
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
 
@@ -66,10 +66,7 @@ def think_logprobs(params: dict, cfg: ModelConfig, qs: QuietStarConfig, tokens: 
     h_base, h_end = hidden[:, 0], hidden[:, N - 1]
     w = mixing_weight(params["quietstar"]["talk_head"], qs, h_base, h_end)  # (B, L, 1)
     base = lm_logits(params, cfg, h_base)
-    if qs.mixer == "hidden":
-        mixed = lm_logits(params, cfg, ((1.0 - w) * h_base + w * h_end).astype(h_base.dtype))
-    else:
-        mixed = (1.0 - w) * base + w * lm_logits(params, cfg, h_end)
+    mixed = mixed_logits(params, cfg, qs, h_base, h_end, w, base_logits=base)
     mask = qs.mask_thought_logits_in_nll if mask_thoughts is None else mask_thoughts
     if mask:
         base, mixed = mask_thought_logits(base, qs), mask_thought_logits(mixed, qs)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from quietstar_jax.model.numerics import acc_dtype
+from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
 
 
@@ -57,3 +58,21 @@ def mixing_weight(head: dict, qs: QuietStarConfig, h_base: jax.Array, h_thought:
         if act:
             x = jax.nn.relu(x)
     return jax.nn.sigmoid(x) if qs.mixer_bounded else x
+
+
+def mixed_logits(params: dict, cfg, qs: QuietStarConfig, h_base: jax.Array, h_thought: jax.Array, w: jax.Array,
+                 base_logits: jax.Array | None = None) -> jax.Array:
+    """The next-token logits (..., V) after thinking, for inference: the head on the mixed hidden state
+    (qs.mixer "hidden"), or the mix of the base and post-thought logits ("logit"). h_base, h_thought
+    (..., H); w (..., 1); base_logits: lm_logits(h_base) when the caller has it already (otherwise both
+    rows go through the head in one matmul: one read of the head). The training objective computes the
+    same mix as log-probabilities of its targets (objective.py), without the (..., V) logits."""
+    if qs.mixer == "hidden":
+        return lm_logits(params, cfg, ((1.0 - w) * h_base + w * h_thought).astype(h_base.dtype))
+    if base_logits is None:
+        n = h_base.shape[0]
+        both = lm_logits(params, cfg, jnp.concatenate([h_base, h_thought]))
+        base_logits, thought_logits = both[:n], both[n:]
+    else:
+        thought_logits = lm_logits(params, cfg, h_thought)
+    return (1.0 - w) * base_logits + w * thought_logits
