@@ -50,6 +50,7 @@ class PeriodicEval:
     def __init__(self, trainer):
         from quietstar_jax.evaluation.datasets import load_task
         from quietstar_jax.evaluation.runner import Evaluator
+        from quietstar_jax.training import multihost
 
         ec, setup = trainer.config.eval, trainer.setup
         self.trainer = trainer
@@ -59,7 +60,9 @@ class PeriodicEval:
         self.tasks, self.sources = {}, {}
         for task in [t.strip() for t in ec.tasks.split(",") if t.strip()]:
             path = {"gsm8k": ec.gsm8k_path, "csqa": ec.csqa_path}.get(task, "")
-            self.tasks[task], self.sources[task] = load_task(task, path, ec.limit)
+            # The defaults build shared caches (the CSQA dev set from its wheel, tfds' gsm8k): process 0 first.
+            self.tasks[task], self.sources[task] = multihost.main_first(
+                lambda: load_task(task, path, ec.limit), f"loading the {task} evaluation data")
         trainer.log("eval: " + "; ".join(f"{len(v)} {k} examples from {self.sources[k]}" for k, v in self.tasks.items())
                     + f"; every {ec.every_steps} steps, metrics {','.join(self.settings.metrics)}, "
                     f"modes {','.join(self.settings.modes)}")
