@@ -309,17 +309,14 @@ def test_generation_defaults(gc, worker, acc, gen, zone, runtime):
 def test_default_slice_is_the_one_the_config_is_sized_for(gc, gen):
     """CONFIG=configs/tpu_<gen>.py alone picks the accelerator type whose chip grid is the config's
     tpu_topology (the slice its memory table was compiled for), and the config's mesh uses every chip."""
-    import importlib.util
     import math
 
     from quietstar_jax.tpu.topology import parse_topology
+    from quietstar_jax.training.config import config_from_file
 
     r = gc.bash('. launch/env.sh && printf %s "$ACCELERATOR_TYPE"', CONFIG=f"configs/tpu_{gen}.py")
     assert r.returncode == 0, r.stderr
-    spec = importlib.util.spec_from_file_location(f"tpu_{gen}", REPO / "configs" / f"tpu_{gen}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = config_from_file(str(REPO / "configs" / f"tpu_{gen}.py"))
     (gen_a, dims_a), (gen_c, dims_c) = parse_topology(r.stdout), parse_topology(c.tpu_topology)
     assert (gen_a.generation, dims_a) == (gen_c.generation, dims_c) == (gen, dims_c), (r.stdout, c.tpu_topology)
     assert math.prod(dict(c.mesh).values()) == math.prod(dims_c)

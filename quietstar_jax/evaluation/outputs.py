@@ -38,9 +38,9 @@ def write_summary(out_dir: str, results: Results, settings: EvalSettings, meta: 
 
 
 def write_tensorboard(logdir: str, results: Results, step: int, prefix: str = "eval") -> str:
-    from tensorboardX import SummaryWriter
+    from quietstar_jax.training.logger import summary_writer_class  # tensorboardX without torch's start-up
 
-    writer = SummaryWriter(logdir)
+    writer = summary_writer_class()(logdir)
     for k, v in flat_scalars(results.summary).items():
         writer.add_scalar(f"{prefix}/{k}", float(v), step)
     writer.close()

@@ -50,8 +50,9 @@ class Placement:
         x = np.asarray(x)
         if self.mesh is None:
             return jnp.asarray(x)
-        sh = batch_sharding(self.mesh, x.ndim)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+        from quietstar_jax.training.state import put_global
+
+        return put_global(x, batch_sharding(self.mesh, x.ndim))
 
     def params(self, params, cfg):
         """Host (numpy) params -> the backbone laid out on the mesh as training lays it out (fsdp / tensor

@@ -30,7 +30,7 @@ class Logger:
         self.writer = None
         self.tensorboard_dir = None
         if jax.process_index() == 0 and not workdir.startswith("gs://"):
-            SummaryWriter = _summary_writer_class()
+            SummaryWriter = summary_writer_class()
             self.tensorboard_dir = os.path.join(workdir, "tensorboard")
             self.writer = SummaryWriter(self.tensorboard_dir)
         self.t_last, self.step_last = None, None
@@ -96,7 +96,7 @@ class Logger:
             self.writer.close()
 
 
-def _summary_writer_class():
+def summary_writer_class():
     """tensorboardX.SummaryWriter, imported without torch when torch is not loaded yet: tensorboardX
     imports torch (if installed, as with the hf extra) only for a type hint, which costs ~1.5 s at every
     run's start here. Modules importing torch later get it as usual."""

@@ -211,12 +211,7 @@ def initial_state(config, setup: Setup, loaded: LoadedModel):
     cfg, qs, tok = setup.cfg, setup.qs, loaded.tokenizer
     if loaded.host_params is None:
         return init_state(random_params_fn(cfg, qs, config.seed, tok.init_ids), setup.tx, setup.shardings)
-    from quietstar_jax.quietstar import init_quietstar_params
-
-    qs_params = init_quietstar_params(loaded.host_params, cfg, qs, jax.random.key(config.seed + 1), tok.init_ids)
-    host = dict(loaded.host_params, quietstar=jax.tree.map(np.asarray, qs_params))
-    params = place_params(host, setup.shardings["params"])
-    return init_state_from_params(params, setup.tx, setup.shardings)
+    return init_state_from_params(initial_params(config, setup, loaded), setup.tx, setup.shardings)
 
 
 def initial_params(config, setup: Setup, loaded: LoadedModel):
