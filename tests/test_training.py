@@ -173,3 +173,27 @@ def test_mesh_errors():
     qs = config_lib.quietstar_config(c, START, END)
     with pytest.raises(ConfigError, match="not divisible by the data x fsdp mesh size 4"):
         build_setup(c, cfg, qs, [45], mesh=make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_smollm2_unavailable_falls_back_to_tiny_or_raises(monkeypatch, fallback):
+    """A failure to build SmolLM2 from its wheel: the tiny random model with a log line
+    (model.fallback_to_tiny), else the error itself."""
+    import quietstar_jax.assets.smollm2 as smollm2
+    from quietstar_jax.training.setup import load_model
+
+    def broken():
+        raise OSError("no wheel here")
+
+    monkeypatch.setattr(smollm2, "materialize_smollm2", broken)
+    monkeypatch.setattr(smollm2, "is_materialized", lambda folder: False)
+    c = builders.run_config(**{"model.source": "smollm2", "model.fallback_to_tiny": fallback})
+    lines = []
+    if not fallback:
+        with pytest.raises(OSError, match="no wheel here"):
+            load_model(c, log=lines.append)
+        return
+    loaded = load_model(c, log=lines.append)
+    assert loaded.host_params is None and loaded.cfg.hidden_size == c.model.tiny.hidden_size
+    assert any("SmolLM2 unavailable (OSError: no wheel here); falling back to the TINY RANDOM model" in ln
+               for ln in lines), lines

