@@ -21,8 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.errors import ConfigError
-from quietstar_jax.inference.generate import under_mesh
-from quietstar_jax.sharding import batch_sharding
+from quietstar_jax.sharding import batch_sharding, under_mesh
 
 
 def bucket(n: int, step: int, cap: int) -> int:

@@ -36,6 +36,7 @@ from quietstar_jax.model.transformer import lm_logits
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixed_logits, mixing_weight
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
+from quietstar_jax.sharding.rules import under_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,17 +216,6 @@ def generate(params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateC
     state = jax.lax.while_loop(lambda s: (s.step < gen.max_new_tokens) & ~jnp.all(s.done),
                                lambda s: advance(params, cfg, qs, gen, s, key), state)
     return GenerateOutput(state.tokens, state.lengths, state.thoughts, state.weights)
-
-
-def under_mesh(fn, mesh):
-    """fn traced under `mesh` (so the model's batch-axis activation constraints apply), or as is."""
-    if mesh is None:
-        return fn
-
-    def traced(*args):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return fn(*args)
-    return traced
 
 
 class Generator:

@@ -10,6 +10,7 @@ memory cost.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -113,3 +114,16 @@ def constrain_batch(x: jax.Array, rules=DEFAULT_RULES) -> jax.Array:
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
         return x
     return jax.lax.with_sharding_constraint(x, _batch_spec(axes, x.ndim))
+
+
+def under_mesh(fn, mesh):
+    """fn traced under `mesh`'s abstract mesh (so constrain_batch and the other activation constraints
+    apply), or fn as it is without a mesh. Wrap before jax.jit."""
+    if mesh is None:
+        return fn
+
+    @functools.wraps(fn)  # jit names the program after fn (profiles, HLO dumps)
+    def traced(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.errors import ConfigError
-from quietstar_jax.sharding import batch_sharding, make_mesh
+from quietstar_jax.sharding import batch_sharding, make_mesh, under_mesh
 from quietstar_jax.tpu.aot import INIT_IDS, bytes_per_chip
 from quietstar_jax.tpu.topology import get_topology, usable_hbm_bytes
 
@@ -32,7 +32,7 @@ def compile_generate(c, topology: str, *, batch: int, prompt_len: int, max_new_t
                      log=print) -> dict:
     """AOT-compiles generation of `batch` prompts of `prompt_len` tokens plus `max_new_tokens` for the
     model of run config `c` on `topology`. Raises ConfigError / MeshError / TopologyError for bad input."""
-    from quietstar_jax.inference.generate import GenerateConfig, generate, under_mesh
+    from quietstar_jax.inference.generate import GenerateConfig, generate
     from quietstar_jax.training import config as config_lib
     from quietstar_jax.training.setup import model_config_only
     from quietstar_jax.training.state import param_shardings, random_params_fn

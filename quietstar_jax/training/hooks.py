@@ -12,6 +12,7 @@ process 0 prints or writes files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -21,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.quietstar.sampling import sample_thoughts
 from quietstar_jax.quietstar.tokens import END_TOKEN, START_TOKEN
+from quietstar_jax.sharding import under_mesh
 from quietstar_jax.training.state import put_global
 
 
@@ -64,6 +66,13 @@ class Hooks:
                 h.fn(info)
 
 
+@functools.cache
+def _thought_sampler(cfg, qs, mesh):
+    """sample_thoughts jitted under the training mesh (so the sampler uses its decode layout as it does
+    inside the step); made once per run, not at every sampling hook."""
+    return jax.jit(under_mesh(lambda p, t, pos, s, k: sample_thoughts(p, cfg, qs, t, pos, s, k)[0], mesh))
+
+
 def thoughts_text(params, setup, tokenizer, batch_row: dict, key, positions=(8, 24, 40), context=16) -> str:
     """A few sampled thoughts in context, as text. batch_row: one row, (1, L) numpy arrays."""
     cfg, qs = setup.cfg, setup.qs
@@ -71,12 +80,7 @@ def thoughts_text(params, setup, tokenizer, batch_row: dict, key, positions=(8, 
     shown = [p for p in positions if p < len(toks) and seg[p] != 0]
     if not qs.enabled or qs.num_thought_tokens == 0 or not shown:
         return ""  # (rows shorter than the first position: nothing to show, so nothing to compile)
-    def sample(p, t, pos, s, k):
-        # Under the training mesh, so the sampler uses its decode layout as it does inside the step.
-        with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
-            return sample_thoughts(p, cfg, qs, t, pos, s, k)[0]
-
-    fn = jax.jit(sample)
+    fn = _thought_sampler(cfg, qs, setup.mesh)
     rep = NamedSharding(setup.mesh, P())
     arrs = [put_global(batch_row[k], rep) for k in ("tokens", "positions", "segment_ids")]
     th = np.asarray(jax.device_get(fn(params, *arrs, key)))[0]

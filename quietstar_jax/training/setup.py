@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
-from quietstar_jax.sharding import batch_sharding, make_mesh
+from quietstar_jax.sharding import batch_sharding, make_mesh, under_mesh
 from quietstar_jax.training import config as config_lib
 from quietstar_jax.training import multihost
 from quietstar_jax.training.optimizer import make_optimizer
@@ -182,12 +182,8 @@ def build_setup(config, cfg: ModelConfig, qs: QuietStarConfig, init_ids, mesh=No
     replicated = NamedSharding(mesh, P())
     inner = make_train_step(cfg, qs, tx, sched, config.grad_accum_steps)
 
-    def step(state, batch, key):
-        # Trace under the mesh so the model's activation constraints (constrain_batch) apply.
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return inner(state, batch, key)
-
-    step_fn = jax.jit(step, in_shardings=(sh, {k: b_sh for k in BATCH_KEYS}, replicated),
+    # Traced under the mesh so the model's activation constraints (constrain_batch) apply.
+    step_fn = jax.jit(under_mesh(inner, mesh), in_shardings=(sh, {k: b_sh for k in BATCH_KEYS}, replicated),
                       out_shardings=(sh, replicated), donate_argnums=(0,))
     return Setup(mesh, cfg, qs, tx, sched, abstract, sh, b_sh, step_fn)
 
