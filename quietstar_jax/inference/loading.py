@@ -19,11 +19,11 @@ import jax
 import numpy as np
 
 from quietstar_jax.errors import CheckpointMismatchError, PathNotFoundError
+from quietstar_jax.hf.quietstar_export import CONFIG_NAME as QUIETSTAR_CONFIG
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
 
 CONFIG = "config.json"
-QUIETSTAR_CONFIG = "quietstar_config.json"
 
 
 @dataclasses.dataclass
@@ -105,9 +105,10 @@ def _check_ids(tok, qs: QuietStarConfig, where: str) -> None:
 
 def _workdir_tokenizer(path: str, run: dict):
     """The tokenizer a run trained with: its HF export's, else the model it started from."""
+    from quietstar_jax.training.export import HF_EXPORT
     from quietstar_jax.training.tokenizer import ByteTokenizer, HFTokenizer
 
-    export = os.path.join(path, "hf_export")
+    export = os.path.join(path, HF_EXPORT)
     if os.path.isfile(os.path.join(export, "tokenizer_config.json")):
         return HFTokenizer(export)
     source = run["model"]["source"]
@@ -127,7 +128,9 @@ def _from_workdir(path: str, runtime: dict) -> InferenceModel:
 
     from quietstar_jax.training import setup as setup_lib
     from quietstar_jax.training.checkpoint import Checkpointer
+    from quietstar_jax.training.export import PARAMS_EXPORT
     from quietstar_jax.training.params_ckpt import load_params
+    from quietstar_jax.training.workdir import final_metrics
 
     with open(os.path.join(path, CONFIG)) as f:
         run = json.load(f)
@@ -136,11 +139,8 @@ def _from_workdir(path: str, runtime: dict) -> InferenceModel:
     ckpt_dir = os.path.join(path, "checkpoints")
     ckpt = Checkpointer(ckpt_dir, config.checkpoint, meta={}) if os.path.isdir(ckpt_dir) else None
     latest = ckpt.latest_step() if ckpt else None
-    final = None
-    if os.path.isfile(os.path.join(path, "final_metrics.json")):
-        with open(os.path.join(path, "final_metrics.json")) as f:
-            final = json.load(f).get("step")
-    export = os.path.join(path, "params_export")
+    final = (final_metrics(path) or {}).get("step")
+    export = os.path.join(path, PARAMS_EXPORT)
     if os.path.isdir(export) and (latest is None or final == latest):
         if ckpt:
             ckpt.close()
