@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from quietstar_jax.errors import ConfigError
-from quietstar_jax.quietstar.sampling import sample_inverse_cdf
+from quietstar_jax.quietstar.sampling import keep_top_k, sample_inverse_cdf, sampling_uniforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +40,7 @@ class Sampler:
 
 def filtered_logits(logits: jax.Array, s: Sampler) -> jax.Array:
     """logits (..., V) float32, -inf = excluded -> the logits sampled from: top-k, top-p, / temperature."""
-    z = logits.astype(jnp.float32)
-    if s.top_k:
-        kth = jax.lax.top_k(z, s.top_k)[0][..., -1:]
-        z = jnp.where(z < kth, -jnp.inf, z)
-    z = z / s.temperature
+    z = keep_top_k(logits.astype(jnp.float32), s.top_k) / s.temperature
     if s.top_p < 1.0:
         order = jnp.argsort(-z, axis=-1)
         sorted_z = jnp.take_along_axis(z, order, axis=-1)
@@ -67,7 +63,5 @@ def draw(key: jax.Array, step, slot, rows: jax.Array) -> jax.Array:
     """The uniforms (B,) in (0, 1) of generated token `step` for rows with ids `rows` (B,): slot 0 chooses
     the output token, slot 1 + j the j-th thought token. Keyed by row id, not by batch shape, so a row
     draws the same numbers alone or in any batch."""
-    tiny = jnp.finfo(jnp.float32).tiny
     k = jax.random.fold_in(jax.random.fold_in(key, step), slot)
-    return jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(k, r), (), jnp.float32, minval=tiny,
-                                                 maxval=1.0))(rows)
+    return jax.vmap(lambda r: sampling_uniforms(k, r, ()))(rows)

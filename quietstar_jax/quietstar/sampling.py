@@ -30,13 +30,17 @@ from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_log
 from quietstar_jax.sharding.layout import decode_layout
 
 
+def keep_top_k(logits, k: int):
+    """logits (..., V) with every id below the k-th largest at -inf (k = 0: all kept)."""
+    if not k:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits < kth, -jnp.inf, logits)
+
+
 def sampling_logits(logits, qs: QuietStarConfig):
     """Raw logits (..., V) -> the logits thoughts are sampled from (mask, top-k, temperature)."""
-    logits = mask_thought_logits(logits.astype(jnp.float32), qs)
-    if qs.top_k:
-        kth = jax.lax.top_k(logits, qs.top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return logits / qs.sample_temperature
+    return keep_top_k(mask_thought_logits(logits.astype(jnp.float32), qs), qs.top_k) / qs.sample_temperature
 
 
 def sampling_uniforms(key, step: int, shape):
