@@ -33,29 +33,22 @@ def _is_oom(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in s or "HbmOom" in s or "Ran out of memory" in s
 
 
-def run(c, topology: str, mfu: float = 0.4, min_headroom_gib: float = 0.0, flops: bool = True,
-        dump_hlo: str = "") -> int:
-    """Compile, print the report, return the exit status (0 fits, 1 does not). Bad input raises a
-    QuietStarError (the CLI prints it as one line, status 2)."""
-    if not 0 < mfu <= 1:
-        cli.fail(f"--mfu must be in (0, 1], got {mfu}")
+def _compile_or_report_oom(compile_fn, topology: str, advice: str):
+    """compile_fn()'s report, or None after saying DOES NOT FIT when the TPU compiler ran out of HBM."""
     try:
-        r = compile_train_step(c, topology, flops=flops, log=lambda s: print(s, flush=True))
+        return compile_fn()
     except QuietStarError:
         raise
     except Exception as e:  # noqa: BLE001 - the TPU compiler's errors are JaxRuntimeError
         if _is_oom(e):
-            print(f"DOES NOT FIT on {topology}: the TPU compiler ran out of HBM.\n{str(e).strip()[:2000]}\n"
-                  "Try: a larger slice (--topology), more fsdp (--config.mesh.fsdp), "
-                  "--config.grad_accum_steps=<more micro-batches>, --config.model.remat_policy=full.",
+            print(f"DOES NOT FIT on {topology}: the TPU compiler ran out of HBM.\n{str(e).strip()[:2000]}\n{advice}",
                   file=sys.stderr)
-            return 1
+            return None
         raise
-    if dump_hlo:
-        with open(dump_hlo, "w") as f:
-            f.write(r["hlo_text"])
-        print(f"optimized HLO (per-chip SPMD program) written to {dump_hlo}")
-    print(format_report(r, mfu, tokens_per_step=c.global_batch_size * c.seq_len, steps=c.steps), flush=True)
+
+
+def _fit_status(r: dict, min_headroom_gib: float = 0.0) -> int:
+    """Prints FITS / DOES NOT FIT for a compile report's memory per chip; the exit status (0 / 1)."""
     total, usable = r["memory"]["total"], r["usable_hbm"]
     if total > usable - min_headroom_gib * GIB:
         print(f"DOES NOT FIT: {total / GIB:.2f} GiB per chip > usable {usable / GIB:.2f} GiB"
@@ -65,28 +58,38 @@ def run(c, topology: str, mfu: float = 0.4, min_headroom_gib: float = 0.0, flops
     return 0
 
 
+def run(c, topology: str, mfu: float = 0.4, min_headroom_gib: float = 0.0, flops: bool = True,
+        dump_hlo: str = "") -> int:
+    """Compile, print the report, return the exit status (0 fits, 1 does not). Bad input raises a
+    QuietStarError (the CLI prints it as one line, status 2)."""
+    if not 0 < mfu <= 1:
+        cli.fail(f"--mfu must be in (0, 1], got {mfu}")
+    r = _compile_or_report_oom(
+        lambda: compile_train_step(c, topology, flops=flops, log=lambda s: print(s, flush=True)), topology,
+        "Try: a larger slice (--topology), more fsdp (--config.mesh.fsdp), "
+        "--config.grad_accum_steps=<more micro-batches>, --config.model.remat_policy=full.")
+    if r is None:
+        return 1
+    if dump_hlo:
+        with open(dump_hlo, "w") as f:
+            f.write(r["hlo_text"])
+        print(f"optimized HLO (per-chip SPMD program) written to {dump_hlo}")
+    print(format_report(r, mfu, tokens_per_step=c.global_batch_size * c.seq_len, steps=c.steps), flush=True)
+    return _fit_status(r, min_headroom_gib)
+
+
 def run_generate(c, topology: str, batch: int, prompt_len: int, max_new_tokens: int, think: bool) -> int:
     """--program=generate: compile generation, print its memory, return the exit status."""
     from quietstar_jax.tpu.aot_generate import compile_generate, format_generate_report
 
-    try:
-        r = compile_generate(c, topology, batch=batch, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                             think=think, log=lambda s: print(s, flush=True))
-    except QuietStarError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the TPU compiler's errors are JaxRuntimeError
-        if _is_oom(e):
-            print(f"DOES NOT FIT on {topology}: the TPU compiler ran out of HBM.\n{str(e).strip()[:2000]}\n"
-                  "Try: a smaller --batch, a larger slice, more fsdp / tensor.", file=sys.stderr)
-            return 1
-        raise
-    print(format_generate_report(r), flush=True)
-    total, usable = r["memory"]["total"], r["usable_hbm"]
-    if total > usable:
-        print(f"DOES NOT FIT: {total / GIB:.2f} GiB per chip > usable {usable / GIB:.2f} GiB", file=sys.stderr)
+    r = _compile_or_report_oom(
+        lambda: compile_generate(c, topology, batch=batch, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                 think=think, log=lambda s: print(s, flush=True)), topology,
+        "Try: a smaller --batch, a larger slice, more fsdp / tensor.")
+    if r is None:
         return 1
-    print(f"FITS: {total / GIB:.2f} GiB of {usable / GIB:.2f} GiB usable per chip", flush=True)
-    return 0
+    print(format_generate_report(r), flush=True)
+    return _fit_status(r)
 
 
 def main(argv=None):

@@ -50,6 +50,17 @@ def bytes_per_chip(abstract, shardings) -> int:
                for a, sh in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)))
 
 
+def memory_per_chip(compiled, topo) -> dict:
+    """{"memory": XLA's memory_analysis per chip (argument, output, alias, temp, generated_code, total),
+    "usable_hbm", "usable_hbm_source"} of a compiled program for topology `topo`."""
+    ma = compiled.memory_analysis()
+    mem = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
+           for k in ("argument", "output", "alias", "temp", "generated_code")}
+    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
+    usable, src = usable_hbm_bytes(topo)
+    return {"memory": mem, "usable_hbm": usable, "usable_hbm_source": src}
+
+
 def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> dict:
     """AOT-compiles the train step of config `c` for `topology`. Returns a report dict (see
     format_report). Raises ConfigError / MeshError / TopologyError for bad input; the TPU compiler's
@@ -109,12 +120,7 @@ def compile_train_step(c, topology: str, *, flops: bool = True, log=print) -> di
         report["compile_s"] = time.time() - t
         report["hlo_text"] = optimized_hlo_text(compiled, dump)
 
-    ma = compiled.memory_analysis()
-    mem = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0)
-           for k in ("argument", "output", "alias", "temp", "generated_code")}
-    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
-    usable, src = usable_hbm_bytes(topo)
-    report.update(memory=mem, usable_hbm=usable, usable_hbm_source=src)
+    report.update(memory_per_chip(compiled, topo))
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -22,10 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.sharding import batch_sharding, make_mesh, under_mesh
-from quietstar_jax.tpu.aot import INIT_IDS, bytes_per_chip
-from quietstar_jax.tpu.topology import get_topology, usable_hbm_bytes
-
-GIB = 1024 ** 3
+from quietstar_jax.tpu.aot import INIT_IDS, bytes_per_chip, memory_per_chip
+from quietstar_jax.tpu.report import fmt_bytes
+from quietstar_jax.tpu.topology import get_topology
 
 
 def compile_generate(c, topology: str, *, batch: int, prompt_len: int, max_new_tokens: int, think: bool = True,
@@ -69,22 +68,17 @@ def compile_generate(c, topology: str, *, batch: int, prompt_len: int, max_new_t
     t = time.time()
     compiled = fn.lower(params, prompts, lengths, key, rows).compile()
     compile_s = time.time() - t
-    ma = compiled.memory_analysis()
-    mem = {k: int(getattr(ma, f"{k}_size_in_bytes", 0) or 0) for k in ("argument", "output", "alias", "temp",
-                                                                        "generated_code")}
-    mem["total"] = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"] + mem["generated_code"]
-    usable, src = usable_hbm_bytes(topo)
     D, Hkv, nL = cfg.head_dim, cfg.num_key_value_heads, cfg.num_hidden_layers
     cache_bytes = 2 * nL * batch * (prompt_len + max_new_tokens) * Hkv * D * jnp.dtype(cfg.dtype).itemsize
     return dict(topology=topo.name, chips=len(topo.devices), hosts=topo.num_hosts, mesh=dict(mesh.shape),
-                memory=mem, usable_hbm=usable, usable_hbm_source=src, compile_s=compile_s,
+                **memory_per_chip(compiled, topo), compile_s=compile_s,
                 params_bytes_per_chip=bytes_per_chip(params_shape, p_sh), cache_bytes_total=cache_bytes,
                 batch=batch, prompt_len=prompt_len, max_new_tokens=max_new_tokens, think=think, compiled=compiled)
 
 
 def format_generate_report(r: dict) -> str:
     mem, usable = r["memory"], r["usable_hbm"]
-    g = lambda b: f"{b / GIB:8.2f} GiB" if b >= GIB / 10 else f"{b / 2 ** 20:8.2f} MiB"  # noqa: E731
+    g = fmt_bytes
     return "\n".join([
         f"== generation on {r['topology']} ({r['chips']} chips, {r['hosts']} hosts), mesh {r['mesh']}: "
         f"{r['batch']} x ({r['prompt_len']} + {r['max_new_tokens']}) tokens, thinking {'on' if r['think'] else 'off'} ==",

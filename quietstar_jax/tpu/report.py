@@ -9,7 +9,8 @@ from quietstar_jax.tpu import hlo_stats, roofline
 GIB = 1024 ** 3
 
 
-def _bytes(b: float) -> str:
+def fmt_bytes(b: float) -> str:
+    """b bytes as GiB (from 0.1 GiB) or MiB, 8.2f."""
     return f"{b / GIB:8.2f} GiB" if abs(b) >= GIB / 10 else f"{b / 2 ** 20:8.2f} MiB"
 
 
@@ -32,17 +33,17 @@ def format_report(r: dict, mfu: float = 0.4, tokens_per_step: int | None = None,
     lines = [f"== {r['topology']} ({r['device_kind']}, {r['chips']} chips, {r['hosts']} hosts), mesh {r['mesh']}, "
              f"{r['params'] / 1e9:.2f}B params ==",
              "memory per chip (XLA memory_analysis)",
-             f"  arguments (state + batch)  {_bytes(mem['argument'])}"
-             + (f"   (train state {_bytes(r['state_bytes_per_chip']).strip()})" if "state_bytes_per_chip" in r
+             f"  arguments (state + batch)  {fmt_bytes(mem['argument'])}"
+             + (f"   (train state {fmt_bytes(r['state_bytes_per_chip']).strip()})" if "state_bytes_per_chip" in r
                 else ""),
-             f"  outputs                    {_bytes(mem['output'])}",
-             f"  aliased (donated state)    {_bytes(-mem['alias'])}",
-             f"  temporaries                {_bytes(mem['temp'])}",
-             f"  generated code             {_bytes(mem['generated_code'])}",
-             f"  total                      {_bytes(mem['total'])}   ({100 * mem['total'] / usable:.1f}% of usable)",
-             f"  usable HBM                 {_bytes(usable)}   ({r['usable_hbm_source']}; {r['hbm_gib']:g} GiB "
+             f"  outputs                    {fmt_bytes(mem['output'])}",
+             f"  aliased (donated state)    {fmt_bytes(-mem['alias'])}",
+             f"  temporaries                {fmt_bytes(mem['temp'])}",
+             f"  generated code             {fmt_bytes(mem['generated_code'])}",
+             f"  total                      {fmt_bytes(mem['total'])}   ({100 * mem['total'] / usable:.1f}% of usable)",
+             f"  usable HBM                 {fmt_bytes(usable)}   ({r['usable_hbm_source']}; {r['hbm_gib']:g} GiB "
              f"physical)",
-             f"  headroom                   {_bytes(usable - mem['total'])}"]
+             f"  headroom                   {fmt_bytes(usable - mem['total'])}"]
     peak = r["peak_flops_per_chip"]
     if "flops_executed" in r:
         n = r["chips"]
