@@ -210,3 +210,41 @@ def test_sharded_equals_one_device():
     a = [g["score"] for g in one.score(PARAMS, one.plan(texts), True, jax.random.key(1))]
     b = [g["score"] for g in many.score(sharded, many.plan(texts), True, jax.random.key(1))]
     np.testing.assert_allclose(b, a, rtol=1e-4)
+
+
+def test_heldout_nll_against_a_per_target_loop():
+    """next_token_nll: the summed -log p of every next token inside its segment, against a numpy loop over
+    rows, positions and segments (two packed documents and padding), without thinking from the plain
+    causal LM, with thinking from think_logprobs' base and mixed distributions (same key)."""
+    from quietstar_jax.evaluation.heldout import next_token_nll
+
+    B, L = 2, 12
+    rng = np.random.RandomState(1)
+    tokens = jnp.asarray(rng.randint(0, 256, (B, L)), jnp.int32)
+    seg = jnp.asarray([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3], jnp.int32)
+    pos = jnp.asarray([list(range(5)) + list(range(7)), list(range(9)) + [0] * 3], jnp.int32)
+    key = jax.random.key(7)
+
+    def loop(logp):
+        logp, t, s = np.asarray(logp, np.float64), np.asarray(tokens), np.asarray(seg)
+        total, n = 0.0, 0
+        for b in range(B):
+            for p in range(L - 1):
+                if s[b, p] > 0 and s[b, p + 1] == s[b, p]:
+                    total -= logp[b, p, t[b, p + 1]]
+                    n += 1
+        return total, n
+
+    logits = np.asarray(causal_lm_logits(PARAMS, CFG, tokens, seg, pos), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    base, mix, n = next_token_nll(PARAMS, CFG, QS, tokens, pos, seg, key, think=False)
+    want, want_n = loop(logp)
+    assert int(n) == want_n == 4 + 6 + 8 and float(mix) == 0
+    np.testing.assert_allclose(float(base), want, rtol=1e-5)
+
+    out = think_logprobs(PARAMS, CFG, QS, tokens, key, segment_ids=seg, positions=pos)
+    base, mix, n = next_token_nll(PARAMS, CFG, QS, tokens, pos, seg, key, think=True)
+    np.testing.assert_allclose(float(base), loop(out.base_logprobs)[0], rtol=1e-5)
+    np.testing.assert_allclose(float(mix), loop(out.mixed_logprobs)[0], rtol=1e-5)
+    assert abs(float(mix) - float(base)) > 1e-3  # the live mixing head: thinking changes the NLL

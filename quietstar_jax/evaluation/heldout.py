@@ -23,7 +23,9 @@ import numpy as np
 from quietstar_jax.evaluation.placement import Placement
 from quietstar_jax.inference.think import think_logprobs
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.head import token_logprobs
 from quietstar_jax.model.transformer import causal_lm_logits
+from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
 
 KEYS = ("tokens", "positions", "segment_ids")
@@ -47,19 +49,21 @@ def next_token_nll(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, positi
     """(sum of -log p over targets without thinking, the same after thinking (0 if not think), number of
     targets). Arrays (B, L)."""
     seg = segment_ids
-    valid = (seg[:, :-1] == seg[:, 1:]) & (seg[:, :-1] > 0)
-    target = tokens[:, 1:]
+    valid = layout.next_token_valid(seg, 0)  # (B, L): x_{p+1} exists in x_p's segment
+    target = layout.shift_left(tokens, 1)
 
-    def nll(logp):
-        picked = jnp.take_along_axis(logp[:, :-1], target[..., None], axis=-1)[..., 0]
+    def nll(picked):
         return -jnp.sum(jnp.where(valid, picked, 0.0))
+
+    def pick(logp):
+        return jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
 
     if think:
         out = think_logprobs(params, cfg, qs, tokens, key, segment_ids=seg, positions=positions)
-        base, mix = nll(out.base_logprobs), nll(out.mixed_logprobs)
+        base, mix = nll(pick(out.base_logprobs)), nll(pick(out.mixed_logprobs))
     else:
         logits = causal_lm_logits(params, cfg, tokens, seg, positions).astype(jnp.float32)
-        base, mix = nll(jax.nn.log_softmax(logits, axis=-1)), jnp.float32(0)
+        base, mix = nll(token_logprobs(logits, target)), jnp.float32(0)
     return base, mix, jnp.sum(valid)
 
 
