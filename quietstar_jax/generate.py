@@ -115,6 +115,7 @@ def run_score(model, text: str, out=sys.stdout) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
+    from quietstar_jax.inference.html import normalize_tokens, summarize
     from quietstar_jax.inference.think import think_logprobs
 
     tok, cfg, qs = model.tokenizer, model.cfg, model.qs
@@ -138,14 +139,15 @@ def run_score(model, text: str, out=sys.stdout) -> dict:
         rows.append({"position": p + 1, "token": nxt, "logp_base": base, "logp_mixed": mixed,
                      "delta_logp": mixed - base, "weight": float(o.mixing_weight[0, p]),
                      "thought": np.asarray(o.thoughts[0, p]).tolist()})
-    deltas = np.array([r["delta_logp"] for r in rows])
-    out.write(f"{len(rows)} predictions: mean log p {np.mean([r['logp_base'] for r in rows]):.4f} without thinking, "
-              f"{np.mean([r['logp_mixed'] for r in rows]):.4f} with; mean change {deltas.mean():+.2e}, thinking "
-              f"helped {100 * (deltas > 0).mean():.0f}% of tokens; mean w {np.mean([r['weight'] for r in rows]):+.2e}\n")
+    result = {"ids": ids, "rows": rows}
+    s = summarize(normalize_tokens(_page_tokens(tok, result, "score"), "score"), "score")  # the page's header
+    out.write(f"{s['n_scored']} predictions: mean log p {s['mean_logp_base']:.4f} without thinking, "
+              f"{s['mean_logp_mixed']:.4f} with; mean change {s['mean_delta']:+.2e}, thinking "
+              f"helped {100 * s['frac_helped']:.0f}% of tokens; mean w {s['mean_weight']:+.2e}\n")
     for r in sorted(rows, key=lambda r: -r["delta_logp"])[:5]:
         out.write(f"  helped most: {tok.decode([r['token']])!r} after ⟨{_thought_text(tok, r['thought'])}⟩ "
                   f"{r['delta_logp']:+.3e}\n")
-    return {"ids": ids, "rows": rows}
+    return result
 
 
 def _page_tokens(tok, result: dict, mode: str) -> list[dict]:
