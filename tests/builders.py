@@ -4,8 +4,13 @@
     model_config(hidden_size=16, tie_word_embeddings=True)     # a tiny ModelConfig
 """
 
+import os
+
 from quietstar_jax.model import ModelConfig
 from quietstar_jax.training import config as config_lib
+
+# The GSM8K test slice (tests/fixtures/gsm8k, MIT): an absolute path, whatever the working directory.
+GSM8K_FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "gsm8k", "test_slice.jsonl")
 
 
 def run_config(**overrides):

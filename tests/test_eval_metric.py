@@ -25,7 +25,7 @@ from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params
 from quietstar_jax.sharding import make_mesh
 from quietstar_jax.training.tokenizer import ByteTokenizer
 
-FIXTURE = "tests/fixtures/gsm8k/test_slice.jsonl"
+FIXTURE = builders.GSM8K_FIXTURE
 TOK = ByteTokenizer()
 CFG = builders.model_config(vocab_size=258, max_position_embeddings=512)
 QS = QuietStarConfig(n_ahead=5, n_ahead_talk=1, n_passes=1, start_id=256, end_id=257, sample_temperature=1e-4)

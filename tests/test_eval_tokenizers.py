@@ -3,8 +3,8 @@ mistral-common wheel; see mistral_tokenizer.py) must give exactly the ids hard-c
 eval_helpers.py, and the answer positions must be the ones their code scores."""
 
 import json
-import os
 
+import builders
 import numpy as np
 import pytest
 from mistral_tokenizer import SHA256, file_sha256, mistral_hf_tokenizer, model_file
@@ -15,7 +15,7 @@ from quietstar_jax.evaluation.tasks import Example, scoring_text
 from quietstar_jax.evaluation.vocab import ValidTokens
 from quietstar_jax.training.tokenizer import HFTokenizer
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gsm8k", "test_slice.jsonl")
+FIXTURE = builders.GSM8K_FIXTURE
 # eval_helpers.py (ezelikman/quiet-star): valid_number_tokens, valid_letter_tokens.
 AUTHORS_NUMBERS = [28740, 28750, 28770, 28781, 28782, 28784, 28787, 28783, 28774, 28734, 13]
 AUTHORS_LETTERS = [330, 365, 334, 384, 413, 13]
