@@ -6,7 +6,10 @@
 
 import os
 
-from quietstar_jax.model import ModelConfig
+import jax
+
+from quietstar_jax.model import ModelConfig, init_params
+from quietstar_jax.quietstar import init_quietstar_params
 from quietstar_jax.training import config as config_lib
 
 # The GSM8K test slice (tests/fixtures/gsm8k, MIT): an absolute path, whatever the working directory.
@@ -38,3 +41,15 @@ def model_config(**overrides) -> ModelConfig:
               num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5)
     kw.update(overrides)
     return ModelConfig(**kw)
+
+
+def live_params(cfg: ModelConfig, qs, seed: int, init_ids: list, scale: float | None) -> dict:
+    """Random model params (key seed) + Quiet-STaR params (seed + 1, thought embeddings initialised from
+    init_ids) whose mixing head's last layer is scale * N(0, 1) (seed + 2) instead of zero, so w != 0 and
+    thinking changes predictions (scale None: the zero init)."""
+    p = init_params(cfg, jax.random.key(seed))
+    p["quietstar"] = init_quietstar_params(p, cfg, qs, jax.random.key(seed + 1), init_ids)
+    if scale is not None:
+        last = p["quietstar"]["talk_head"]["4"]
+        last["weight"] = scale * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
+    return p

@@ -12,9 +12,8 @@ from quietstar_jax.evaluation.datasets import read_gsm8k_jsonl
 from quietstar_jax.evaluation.generation import GenerationEval
 from quietstar_jax.evaluation.tasks import Example, zero_shot_prompt
 from quietstar_jax.inference.think import think_logprobs
-from quietstar_jax.model import init_params
 from quietstar_jax.model.transformer import causal_lm_logits
-from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params
+from quietstar_jax.quietstar import QuietStarConfig
 from quietstar_jax.training.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -24,10 +23,7 @@ NEW = 6
 
 
 def make_params(seed=3):
-    p = init_params(CFG, jax.random.key(seed))
-    p["quietstar"] = init_quietstar_params(p, CFG, QS, jax.random.key(seed + 1), [45])
-    last = p["quietstar"]["talk_head"]["4"]
-    last["weight"] = 0.5 * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
+    p = builders.live_params(CFG, QS, seed, [45], 0.5)
     # The newline wins wherever "@" would: some rows stop early at a newline, others run to the budget.
     head = p["lm_head"]["weight"]
     p["lm_head"]["weight"] = head.at[10].set(1.05 * head[64])

@@ -19,9 +19,8 @@ from quietstar_jax.evaluation.placement import Placement
 from quietstar_jax.evaluation.tasks import Example, scoring_text
 from quietstar_jax.evaluation.vocab import ValidTokens
 from quietstar_jax.inference.think import think_logprobs
-from quietstar_jax.model import init_params
 from quietstar_jax.model.transformer import causal_lm_logits
-from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params
+from quietstar_jax.quietstar import QuietStarConfig
 from quietstar_jax.sharding import make_mesh
 from quietstar_jax.training.tokenizer import ByteTokenizer
 
@@ -34,11 +33,7 @@ DIGITS, LETTERS, NEWLINE = list(range(48, 58)), list(range(65, 70)), [10]
 
 
 def make_params(seed=0):
-    p = init_params(CFG, jax.random.key(seed))
-    p["quietstar"] = init_quietstar_params(p, CFG, QS, jax.random.key(seed + 1), [45])
-    last = p["quietstar"]["talk_head"]["4"]  # a live mixing head: thinking changes the prediction
-    last["weight"] = 0.5 * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
-    return p
+    return builders.live_params(CFG, QS, seed, [45], 0.5)  # a live mixing head: thinking changes the prediction
 
 
 PARAMS = make_params()

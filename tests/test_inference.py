@@ -16,7 +16,6 @@ from jax.sharding import PartitionSpec as P
 from quietstar_jax.inference.generate import GenerateConfig, Generator
 from quietstar_jax.inference.sampler import Sampler
 from quietstar_jax.inference.think import think_logprobs
-from quietstar_jax.model import init_params
 from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, quietstar_loss
 
 V = 97
@@ -26,11 +25,7 @@ SAMPLED = GenerateConfig(max_new_tokens=6, output=Sampler(temperature=0.8, top_k
 
 
 def make_params(cfg=CFG, qs=QS, seed=0):
-    p = init_params(cfg, jax.random.key(seed))
-    p["quietstar"] = init_quietstar_params(p, cfg, qs, jax.random.key(seed + 1), [3])
-    last = p["quietstar"]["talk_head"]["4"]  # a live mixing head: w != 0
-    last["weight"] = 0.3 * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
-    return p
+    return builders.live_params(cfg, qs, seed, [3], 0.3)  # a live mixing head: w != 0
 
 
 PROMPTS = np.array([[5, 9, 11, 13, 0, 0, 0], [1, 2, 3, 4, 5, 6, 8], [40, 41, 0, 0, 0, 0, 0]])

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import reference_quietstar as ref
 
-from quietstar_jax.model import init_params
 from quietstar_jax.model.attention import StreamMask, stream_attention
 from quietstar_jax.model.head import token_logprobs
 from quietstar_jax.model.transformer import forward, lm_logits
-from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params, layout, quietstar_loss, sample_thoughts
+from quietstar_jax.quietstar import QuietStarConfig, layout, quietstar_loss, sample_thoughts
 from quietstar_jax.quietstar.objective import advantages
 from quietstar_jax.quietstar.sampling import sample_inverse_cdf, sampling_uniforms
 from quietstar_jax.quietstar.tokens import embed_with_thoughts
@@ -23,11 +22,10 @@ QS = QuietStarConfig(n_ahead=6, n_ahead_talk=3, n_passes=2, start_id=V, end_id=V
 
 
 def make_params(cfg=CFG, qs=QS, seed=0, live_head=True):
-    p = init_params(cfg, jax.random.key(seed))
-    p["quietstar"] = init_quietstar_params(p, cfg, qs, jax.random.key(seed + 1), [3, 4])
-    if live_head:  # a non-zero last layer, so w != 0 and rewards/advantages are non-trivial
+    # A non-zero last layer, so w != 0 and rewards/advantages are non-trivial.
+    p = builders.live_params(cfg, qs, seed, [3, 4], 0.3 if live_head else None)
+    if live_head:
         last = p["quietstar"]["talk_head"]["4"]
-        last["weight"] = 0.3 * jax.random.normal(jax.random.key(seed + 2), last["weight"].shape)
         if "bias" in last:
             last["bias"] = jnp.full_like(last["bias"], 0.2)
         for layer in ("0", "2"):  # non-zero hidden biases too (init is zero)
