@@ -5,16 +5,14 @@ the finished run (outputs, the same numbers as the hook, one-line errors)."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import builders
 import pytest
+from cli_runs import assert_one_error_line, run_cli
 
 from quietstar_jax.evaluation.train_hooks import add_config_hooks
 from quietstar_jax.training.trainer import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = builders.GSM8K_FIXTURE
 EVAL = {"eval.tasks": "gsm8k", "eval.every_steps": 1, "eval.limit": 4, "eval.gsm8k_path": FIXTURE,
         "eval.metrics": "authors", "eval.think": "both", "eval.batch_size": 8, "eval.max_len": 64,
@@ -54,10 +52,8 @@ def test_training_hooks(run):
 def _eval(*args):
     # The 8 simulated devices and the session's compilation cache (conftest): with --mesh=data=8 the CLI
     # compiles the programs the training hook already compiled, so it reads them from the cache.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("QS_TEST_JAX_CACHE", ""))
-    return subprocess.run([sys.executable, "-m", "quietstar_jax.eval", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return run_cli("quietstar_jax.eval", *args, keep_xla_flags=True,
+                   env={"JAX_COMPILATION_CACHE_DIR": os.environ.get("QS_TEST_JAX_CACHE", "")})
 
 
 @pytest.mark.e2e
@@ -101,9 +97,7 @@ def test_eval_cli_errors_are_one_line(run, tmp_path):
     ]
     for args, want in cases:
         out = _eval(*args)
-        errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
-        assert out.returncode == 2 and len(errors) == 1 and want in errors[0], (args, out.stderr[-2000:])
-        assert "Traceback" not in out.stderr
+        assert_one_error_line(out.returncode, out.stderr, want, args)
 
 
 def test_initial_params_are_the_step_0_params():

@@ -6,14 +6,13 @@ import concurrent.futures
 import gc
 import json
 import os
-import subprocess
-import sys
 import time
 
 import builders
 import jax
 import jax.numpy as jnp
 import pytest
+from cli_runs import assert_one_error_line, run_cli
 
 from quietstar_jax.errors import CheckpointCorruptError, ConfigError
 from quietstar_jax.training.flops import Peak, device_peak
@@ -26,10 +25,7 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 
 # ----------------------------------------------------------------------------- one-line CLI errors
 def _cli(args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", *args], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return run_cli(*args)
 
 
 BAD_INPUTS = [  # (command line, text the one error line must contain)
@@ -55,11 +51,7 @@ def test_every_bad_input_is_one_line_and_exit_status_2():
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda row: _cli(row[0]), BAD_INPUTS))
     for (args, want), out in zip(BAD_INPUTS, results):
-        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("error: ")]
-        assert out.returncode == 2, (args, out.returncode, out.stderr[-2000:])
-        assert len(errors) == 1 and want in errors[0], (args, out.stderr[-2000:])
-        assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+        assert_one_error_line(out.returncode, out.stderr, want, args)
 
 
 @pytest.mark.e2e

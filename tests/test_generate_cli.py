@@ -4,15 +4,13 @@ mode, and one-line errors."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import builders
 import pytest
+from cli_runs import assert_one_error_line, run_cli
 
 from quietstar_jax.training.trainer import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.e2e
 
 
@@ -26,10 +24,7 @@ def workdir(tmp_path_factory):
 
 
 def _generate(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    return subprocess.run([sys.executable, "-m", "quietstar_jax.generate", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli("quietstar_jax.generate", *args)
 
 
 def test_generate_streams_thoughts_and_writes_the_page(workdir, tmp_path):
@@ -82,6 +77,4 @@ def test_errors_are_one_line(workdir, tmp_path):
     ]
     for args, want in cases:
         out = _generate(*args)
-        errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
-        assert out.returncode == 2 and len(errors) == 1 and want in errors[0], (args, out.stderr[-2000:])
-        assert "Traceback" not in out.stderr
+        assert_one_error_line(out.returncode, out.stderr, want, args)

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from cli_runs import assert_one_error_line
 from safetensors.numpy import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -266,9 +267,7 @@ def _train_cli(workdir, env, *args):
 
 def _one_error_line(proc, timeout=120) -> str:
     out, err = proc.communicate(timeout=timeout)
-    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in err, (proc.returncode, out, err)
-    return errors[0]
+    return assert_one_error_line(proc.returncode, err, context=out)
 
 
 BAD_ENVIRONMENTS = [  # (environment of one process, text its one error line must contain)
