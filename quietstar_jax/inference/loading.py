@@ -70,17 +70,16 @@ def load_for_inference(path: str, no_think: bool = False, **runtime) -> Inferenc
 
 def _from_export(path: str, runtime: dict) -> InferenceModel:
     from quietstar_jax.hf.quietstar_export import load_quietstar_hf
-    from quietstar_jax.training.tokenizer import HFTokenizer
+    from quietstar_jax.training.tokenizer import ByteTokenizer, HFTokenizer
 
     cfg, params, qs, _ = load_quietstar_hf(path, **runtime)
     with open(os.path.join(path, QUIETSTAR_CONFIG)) as f:
-        if json.load(f).get("tokenizer") == "utf-8 bytes":
-            from quietstar_jax.training.tokenizer import ByteTokenizer
-
-            tok = ByteTokenizer()
-            return InferenceModel(cfg, params, qs, tok, f"HF export {path}", True)
-    tok = HFTokenizer(path)
-    _check_ids(tok, qs, path)
+        byte_vocabulary = json.load(f).get("tokenizer") == "utf-8 bytes"
+    if byte_vocabulary:
+        tok = ByteTokenizer()
+    else:
+        tok = HFTokenizer(path)
+        _check_ids(tok, qs, path)
     return InferenceModel(cfg, params, qs, tok, f"HF export {path}", True)
 
 
