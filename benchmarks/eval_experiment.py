@@ -95,9 +95,9 @@ def evaluate(arm: str, trainer, params, tasks: dict, modes: tuple, heldout: dict
             "eval_seconds": round(time.time() - t, 1)}
 
 
-def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None, steps: int | None = None) -> tuple:
-    """Builds the arm's trainer (optionally evaluating its step-0 params first: `before`), trains it.
-    Returns (trainer, per-step curves, training seconds, the step-0 evaluation)."""
+def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None, run: bool = True) -> tuple:
+    """Builds the arm's trainer (calling before(trainer, held-out rows) on its step-0 params first, if
+    given) and trains it (if run). Returns (trainer, per-step curves, training seconds, held-out rows)."""
     from quietstar_jax.evaluation.heldout import heldout_rows
     from quietstar_jax.training.trainer import Trainer
 
@@ -105,13 +105,14 @@ def train(arm: str, quietstar: bool, out_dir: str, heldout_n: int, before=None, 
     tr = Trainer(c, os.path.join(out_dir, arm, "workdir"))
     held, unseen = heldout_rows(tr.data.rows, heldout_n, c.steps * c.global_batch_size)
     assert unseen, "held-out rows overlap the training rows: fewer steps or rows"
-    first = before(tr, held) if before else None
+    if before:
+        before(tr, held)
     curves = []
     tr.add_hook(lambda info: curves.append({"step": info.step, **info.host_metrics()}), every=1)
     t = time.time()
-    if steps != 0:
+    if run:
         tr.run()
-    return tr, curves, round(time.time() - t, 1), held, first
+    return tr, curves, round(time.time() - t, 1), held
 
 
 def table(results: dict) -> str:
@@ -171,9 +172,8 @@ def main(argv):
     results = {}
 
     def untrained(tr, held):
-        r = evaluate("untrained", tr, tr.state["params"], tasks, ("no_think",), held, out_dir)
-        results["untrained"] = {"eval": r}
-        return r
+        results["untrained"] = {"eval": evaluate("untrained", tr, tr.state["params"], tasks, ("no_think",), held,
+                                                 out_dir)}
 
     arms = set(FLAGS.arms)
     unknown = arms - {"untrained", "quietstar", "baseline"}
@@ -181,16 +181,15 @@ def main(argv):
         sys.exit(f"error: --arms: unknown arm(s) {sorted(unknown)}; the arms are untrained, quietstar, baseline")
     if "quietstar" in arms or "untrained" in arms:
         # The untrained arm is the Quiet-STaR trainer's step-0 params (evaluated before it trains).
-        tr, curves, secs, held, _ = train("quietstar", True, out_dir, FLAGS.heldout_rows,
-                                          before=untrained if "untrained" in arms else None,
-                                          steps=FLAGS.steps if "quietstar" in arms else 0)
+        tr, curves, secs, held = train("quietstar", True, out_dir, FLAGS.heldout_rows,
+                                       before=untrained if "untrained" in arms else None, run="quietstar" in arms)
         if "quietstar" in arms:
             results["quietstar"] = {"train_seconds": secs, "curves": curves,
                                     "eval": evaluate("quietstar", tr, tr.state["params"], tasks, ("think", "no_think"),
                                                      held, out_dir)}
         del tr
     if "baseline" in arms:
-        tr, curves, secs, held, _ = train("baseline", False, out_dir, FLAGS.heldout_rows)
+        tr, curves, secs, held = train("baseline", False, out_dir, FLAGS.heldout_rows)
         results["baseline"] = {"train_seconds": secs, "curves": curves,
                                "eval": evaluate("baseline", tr, tr.state["params"], tasks, ("no_think",), held,
                                                 out_dir)}
