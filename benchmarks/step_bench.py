@@ -95,15 +95,14 @@ def build_step(L, N, M, P, attention):
     return jax.jit(step, donate_argnums=(0, 1)), (params, opt, batch)
 
 
-def run_row(L, N, M, P, attention, steps):
+def time_step(jstep, state, steps: int):
+    """Traces jstep once, compiles it, runs a warm-up step and `steps` timed ones. Returns (median step
+    seconds, the step's jaxpr, the last loss)."""
     import jax
 
-    jstep, (params, opt, batch) = build_step(L, N, M, P, attention)
-    compiled = jstep.lower(params, opt, batch, jax.random.key(3)).compile()
-    # Matmul FLOPs from the jaxpr (scan bodies x length); XLA's cost_analysis counts loop bodies once.
-    from quietstar_jax.training.flops import jaxpr_matmul_flops
-
-    flops, _ = jaxpr_matmul_flops(jax.make_jaxpr(jstep)(params, opt, batch, jax.random.key(3)))
+    params, opt, batch = state
+    traced = jstep.trace(params, opt, batch, jax.random.key(3))
+    compiled = traced.lower().compile()
     params, opt, loss = compiled(params, opt, batch, jax.random.key(3))
     loss.block_until_ready()
     times = []
@@ -112,8 +111,18 @@ def run_row(L, N, M, P, attention, steps):
         params, opt, loss = compiled(params, opt, batch, jax.random.key(4 + i))
         loss.block_until_ready()
         times.append(time.perf_counter() - t)
-    return {"step_s": float(np.median(times)), "flops": float(flops),
-            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
+    return float(np.median(times)), traced.jaxpr, float(loss)
+
+
+def run_row(L, N, M, P, attention, steps):
+    # Matmul FLOPs from the jaxpr (scan bodies x length); XLA's cost_analysis counts loop bodies once.
+    from quietstar_jax.training.flops import jaxpr_matmul_flops
+
+    jstep, state = build_step(L, N, M, P, attention)
+    step_s, jaxpr, loss = time_step(jstep, state, steps)
+    flops, _ = jaxpr_matmul_flops(jaxpr)
+    return {"step_s": step_s, "flops": float(flops),
+            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": loss}
 
 
 def parse_args(argv=None):

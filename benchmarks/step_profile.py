@@ -104,25 +104,13 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     ap.add_argument("--top", type=int, default=12, help="matmul shapes listed")
     args = ap.parse_args()
-    import jax
     import step_bench
 
     L, N, M, P = args.len, args.n_ahead, args.n_ahead_talk, args.n_passes
     jstep, state = step_bench.build_step(L, N, M, P, "stream")
-    jaxpr = jax.make_jaxpr(jstep)(*state, jax.random.key(3))
+    step_s, jaxpr, _ = step_bench.time_step(jstep, state, args.steps)
     dots = collect_dots(jaxpr)
-    compiled = jstep.lower(*state, jax.random.key(3)).compile()
-    params, opt, batch = state
-    params, opt, loss = compiled(params, opt, batch, jax.random.key(3))
-    loss.block_until_ready()
-    times = []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        params, opt, loss = compiled(params, opt, batch, jax.random.key(4 + i))
-        loss.block_until_ready()
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
-    del params, opt, compiled
+    del state
 
     peak = step_bench.matmul_peak_gflops() * 1e9
     rows = []
