@@ -9,10 +9,10 @@
     (x_t: (B, C, H) embeddings of C tokens per row, pos_t (B, C); one read of the weights per call.)
 
 Layout (B rows, S cache entries, Ts slots, nL layers, Hkv KV heads of D):
-    k, v    (nL, B, S, Hkv, D)   the text; entry i holds the token written at index i
+    k, v    (nL, B, Hkv, S, D)   the text; entry i holds the token written at index i
     valid   (B, S) bool          which entries hold a real token (padding never does)
     pos     (B, S) int32         their position ids (rows may be left-padded: positions restart per row)
-    sk, sv  (nL, B, Ts, Hkv, D)  branch slots; a branch token at slot j sees valid text entries and
+    sk, sv  (nL, B, Hkv, Ts, D)  branch slots; a branch token at slot j sees valid text entries and
                                  slots 0..j, and is never seen by text tokens. Slots are overwritten by
                                  the next branch, so a thought never leaves a trace in the text's cache.
 
@@ -67,29 +67,34 @@ def prefill(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     unstacked = isinstance(params["model"]["layers"], (tuple, list))  # forward loops over per-layer trees
     hidden, (k, v) = forward(params, cfg, x[:, None], positions[:, None], StreamMask.causal(valid.astype(jnp.int32)),
                              return_base_kv=True)
-    nL, _, _, Hkv, D = k.shape
-    pad = [(0, 0), (0, 0), (0, max_len - P), (0, 0), (0, 0)]
-    slots = jnp.zeros((nL, B, num_slots, Hkv, D), k.dtype)
+    # (nL, B, P, Hkv, D) -> (nL, B, Hkv, P, D): per (row, head) the keys are one contiguous (S, D) matrix,
+    # so q.k and p.v are plain batched matmuls. Measured against (nL, B, S, Hkv, D), the same runs in turn
+    # (benchmarks/generate_bench.py rows): thinking per token toy batch 8 N 12 0.071-0.080 vs 0.105-0.107 s,
+    # N 8 0.044-0.051 vs 0.066-0.069 s; SmolLM2 batch 8 N 8 0.54-0.57 vs 0.60-0.62 s, batch 1 3-4% less.
+    k, v = (jnp.swapaxes(a, 2, 3) for a in (k, v))
+    nL, _, Hkv, _, D = k.shape
+    pad = [(0, 0), (0, 0), (0, 0), (0, max_len - P), (0, 0)]
+    slots = jnp.zeros((nL, B, Hkv, num_slots, D), k.dtype)
     cache = DecodeCache(jnp.pad(k, pad), jnp.pad(v, pad), jnp.pad(valid, [(0, 0), (0, max_len - P)]),
                         jnp.pad(positions.astype(jnp.int32), [(0, 0), (0, max_len - P)]), slots, slots)
     return hidden[:, 0], (cache.unstacked() if unstacked else cache)
 
 
 def _attend(q, k, v, key_ok, sk, sv, slot_ok, scale):
-    """q (B, C, Hq, D) against text keys (B, S, Hkv, D) where key_ok (B, S) (the same for every query of
-    the chunk) and slot keys (B, Ts, Hkv, D) where slot_ok (C, Ts); one softmax over both (float32,
+    """q (B, C, Hq, D) against text keys (B, Hkv, S, D) where key_ok (B, S) (the same for every query of
+    the chunk) and slot keys (B, Hkv, Ts, D) where slot_ok (C, Ts); one softmax over both (float32,
     float64 for float64 compute). Returns (B, C, Hq, D)."""
     B, C, Hq, D = q.shape
-    Hkv = k.shape[2]
+    Hkv = k.shape[1]
     qg = q.reshape(B, C, Hkv, Hq // Hkv, D)
     acc = acc_dtype(q.dtype)
-    s_text = jnp.einsum("bchgd,bshd->bchgs", qg, k, preferred_element_type=acc) * scale
-    s_slot = jnp.einsum("bchgd,bshd->bchgs", qg, sk, preferred_element_type=acc) * scale
+    s_text = jnp.einsum("bchgd,bhsd->bchgs", qg, k, preferred_element_type=acc) * scale
+    s_slot = jnp.einsum("bchgd,bhsd->bchgs", qg, sk, preferred_element_type=acc) * scale
     s_text = jnp.where(key_ok[:, None, None, None, :], s_text, MASK_VALUE)
     s_slot = jnp.where(slot_ok[None, :, None, None, :], s_slot, MASK_VALUE)
     p = jax.nn.softmax(jnp.concatenate([s_text, s_slot], axis=-1), axis=-1).astype(q.dtype)
-    S = k.shape[1]
-    o = jnp.einsum("bchgs,bshd->bchgd", p[..., :S], v) + jnp.einsum("bchgs,bshd->bchgd", p[..., S:], sv)
+    S = k.shape[2]
+    o = jnp.einsum("bchgs,bhsd->bchgd", p[..., :S], v) + jnp.einsum("bchgs,bhsd->bchgd", p[..., S:], sv)
     return o.reshape(B, C, Hq, D)
 
 
@@ -118,7 +123,7 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
     x = constrain_batch(x.astype(dtype))
     position = position.astype(jnp.int32)
     cos, sin = rope_cos_sin(cfg, position)  # (B, C, D)
-    Ts = cache.sk[0].shape[1] if isinstance(cache.sk, tuple) else cache.sk.shape[2]
+    Ts = cache.sk[0].shape[2] if isinstance(cache.sk, tuple) else cache.sk.shape[3]
     valid, pos = cache.valid, cache.pos
     if n_text:
         valid = jax.lax.dynamic_update_slice_in_dim(valid, jnp.ones((B, 1), bool), text_index, axis=1)
@@ -133,12 +138,13 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
     def body(h, xs):
         lp, window, k_c, v_c, sk_c, sv_c = xs
         q, k, v = qkv(cfg, lp, h, cos, sin)  # (B, C, H*, D)
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, C, D): the cache's layout
         if n_text:
-            k_c = jax.lax.dynamic_update_slice_in_dim(k_c, k[:, :1].astype(k_c.dtype), text_index, axis=1)
-            v_c = jax.lax.dynamic_update_slice_in_dim(v_c, v[:, :1].astype(v_c.dtype), text_index, axis=1)
+            k_c = jax.lax.dynamic_update_slice_in_dim(k_c, k[:, :, :1].astype(k_c.dtype), text_index, axis=2)
+            v_c = jax.lax.dynamic_update_slice_in_dim(v_c, v[:, :, :1].astype(v_c.dtype), text_index, axis=2)
         if C > n_text:
-            sk_c = jax.lax.dynamic_update_slice_in_dim(sk_c, k[:, n_text:].astype(sk_c.dtype), slot, axis=1)
-            sv_c = jax.lax.dynamic_update_slice_in_dim(sv_c, v[:, n_text:].astype(sv_c.dtype), slot, axis=1)
+            sk_c = jax.lax.dynamic_update_slice_in_dim(sk_c, k[:, :, n_text:].astype(sk_c.dtype), slot, axis=2)
+            sv_c = jax.lax.dynamic_update_slice_in_dim(sv_c, v[:, :, n_text:].astype(sv_c.dtype), slot, axis=2)
         key_ok = valid & (pos <= anchor[:, None]) & (anchor[:, None] - pos < window)
         o = _attend(q, k_c.astype(q.dtype), v_c.astype(q.dtype), key_ok, sk_c.astype(q.dtype),
                     sv_c.astype(q.dtype), slot_ok, cfg.head_dim ** -0.5)
