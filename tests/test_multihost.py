@@ -215,9 +215,10 @@ def test_only_process_0_writes_outputs_and_the_token_cache(runs):
         assert os.path.join(wd, out) in p0, out
     assert any(p.startswith(os.path.join(wd, "tensorboard") + os.sep) for p in p0)
     assert any(p.startswith(os.path.join(cache, "tokenized")) for p in p0)
-    # Only process 0 prints (process 1's stdout holds at most gloo's connection lines).
+    # Only process 0 prints (process 1's stdout holds at most gloo's connection lines, which gloo's threads
+    # write unsynchronised: a line may carry a fragment of another, e.g. "5[Gloo] Rank 4 is connected ...").
     assert "step     1/8" in multi.text(0)
-    assert [ln for ln in multi.text(1).splitlines() if ln.strip() and not ln.startswith("[Gloo]")] == []
+    assert [ln for ln in multi.text(1).splitlines() if ln.strip() and "[Gloo]" not in ln] == []
 
 
 def test_sigterm_to_one_process_stops_both_and_resume_is_exact(runs):
