@@ -75,3 +75,38 @@ def test_token_logprobs_value_and_gradient_equal_log_softmax():
     np.testing.assert_allclose(v, v_ref, rtol=1e-6)
     np.testing.assert_allclose(g, g_ref, atol=1e-6)
     assert np.all(np.asarray(g)[..., 4] == 0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("masked", [(), (5, 96)])
+def test_mixed_head_values_and_gradients_equal_autodiff_of_the_hidden_mix(tied, masked):
+    """mixed_head_logprobs(head_logits(h_b), h_t - h_b, w) = log softmax(lm_head((1 - w) h_b + w h_t)), the
+    authors' hidden-state mix, in value and in the gradients of h_b, h_t, w and the head (float64)."""
+    from quietstar_jax.model.head import head_logits, mixed_head_logprobs
+
+    with jax.enable_x64(True):
+        cfg = _cfg(tied, "float64")
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init_params(cfg, jax.random.key(0)))
+        hb, ht = (jax.random.normal(jax.random.key(i), (3, 4, 16), jnp.float64) for i in (1, 2))
+        w = jax.random.normal(jax.random.key(3), (3, 4, 1), jnp.float64)
+        t = jax.random.randint(jax.random.key(4), (3, 4), 0, 90)
+        t = jnp.where(t == 5, 6, t)
+        c = jax.random.normal(jax.random.key(5), (3, 4), jnp.float64)
+
+        def ours(p, hb, ht, w):
+            lp, gain = mixed_head_logprobs(p, cfg, head_logits(p, cfg, hb), ht - hb, w, t, masked)
+            return jnp.sum(c * lp), gain
+
+        def ref(p, hb, ht, w):
+            z = lm_logits(p, cfg, (1 - w) * hb + w * ht)
+            zb = lm_logits(p, cfg, hb)
+            if masked:
+                z, zb = z.at[..., jnp.asarray(masked)].set(-jnp.inf), zb.at[..., jnp.asarray(masked)].set(-jnp.inf)
+            pick = lambda a: jnp.take_along_axis(jax.nn.log_softmax(a), t[..., None], -1)[..., 0]  # noqa: E731
+            return jnp.sum(c * pick(z)), pick(z) - pick(zb)
+
+        (v, gain), g = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2, 3), has_aux=True))(params, hb, ht, w)
+        (v_ref, gain_ref), g_ref = jax.value_and_grad(ref, argnums=(0, 1, 2, 3), has_aux=True)(params, hb, ht, w)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+        np.testing.assert_allclose(gain, gain_ref, rtol=1e-9, atol=1e-12)
+        chex.assert_trees_all_close(g, g_ref, atol=1e-11, rtol=1e-11)

@@ -112,3 +112,111 @@ def head_token_logprobs(params: dict, cfg: ModelConfig, hidden: jax.Array, targe
     out = _head_logprobs(h, w, targets.reshape(-1).astype(jnp.int32), tuple(int(i) for i in masked_ids),
                          float(1.0 / temperature))
     return out.reshape(lead)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Logits with the same row-major backward, and the mixed prediction of Quiet-STaR's talk steps.
+
+
+@jax.custom_vjp
+def _plain_logits(h, w):
+    return _logits(h, w, (), 1.0)
+
+
+def _plain_logits_fwd(h, w):
+    return _logits(h, w, (), 1.0), (h, w)
+
+
+def _plain_logits_bwd(res, dz):
+    h, w = res
+    dz = constrain_batch(dz).astype(h.dtype)
+    dh = jnp.einsum("nv,vh->nh", dz, w, preferred_element_type=acc_dtype(h.dtype)).astype(h.dtype)
+    dw = jnp.einsum("nh,nv->hv", h, dz, preferred_element_type=acc_dtype(h.dtype)).T.astype(w.dtype)
+    return dh, dw
+
+
+_plain_logits.defvjp(_plain_logits_fwd, _plain_logits_bwd)
+
+
+def head_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """lm_head(hidden): hidden (..., H) in the compute dtype -> (..., V) float32 (float64 for float64
+    compute), with head_token_logprobs' row-major weight gradient. For logits that several
+    predictions share (the base logits every talk step mixes with)."""
+    lead = hidden.shape[:-1]
+    h = constrain_batch(hidden.reshape(-1, hidden.shape[-1]))
+    return _plain_logits(h, head_weight(params, cfg).astype(hidden.dtype)).reshape(*lead, -1)
+
+
+def mix_gain(zb: jax.Array, zd: jax.Array, wmix: jax.Array, targets: jax.Array,
+             masked_ids: tuple[int, ...] = ()) -> jax.Array:
+    """log softmax(zb + w zd)[t] - log softmax(zb)[t] without the cancellation of the two log-probs.
+
+    zb (N, V), zd (N, V) float32, wmix (N, 1), targets (N,) -> (N,). Written as
+    w zd[t] - log sum_v p_v exp(w zd_v), p = softmax(zb), with log1p / expm1 while |w zd| < 1/2: while w
+    is small (early training) the gain is ~1e-5 and the difference of two log-probs of ~5 computed
+    in float32 would carry ~10% rounding error (measured against float64 on the tiny test model at
+    |w| 3e-5). No gradient: Quiet-STaR's rewards are detached."""
+    zb, zd, wmix = (jax.lax.stop_gradient(a) for a in (zb, zd, wmix))
+    if masked_ids:
+        ids = jnp.asarray(masked_ids, jnp.int32)
+        zb, zd = zb.at[:, ids].set(-jnp.inf), zd.at[:, ids].set(0.0)
+    a = wmix.astype(zd.dtype) * zd
+    logp = zb - jax.nn.logsumexp(zb, axis=-1, keepdims=True)
+    small = jnp.log1p(jnp.sum(jnp.exp(logp) * jnp.expm1(jnp.minimum(a, 0.5)), axis=-1))
+    large = jax.nn.logsumexp(logp + a, axis=-1)
+    shift = jnp.where(jnp.max(jnp.abs(a), axis=-1) < 0.5, small, large)
+    return jnp.take_along_axis(a, targets[:, None], axis=-1)[:, 0] - shift
+
+
+def _mixed_fwd(zb, d, wmix, w, targets, masked_ids):
+    zd = _logits(d, w, (), 1.0)
+    z = zb + wmix * zd
+    if masked_ids:
+        z = z.at[:, jnp.asarray(masked_ids, jnp.int32)].set(-jnp.inf)
+    out, lse = _logprobs_and_lse(z, targets)
+    gain = mix_gain(zb, zd, wmix, targets, masked_ids)
+    return (out, gain), (d, w, wmix, zd.astype(d.dtype), z, lse, targets)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _mixed_logprobs(zb, d, wmix, w, targets, masked_ids):
+    return _mixed_fwd(zb, d, wmix, w, targets, masked_ids)[0]
+
+
+def _mixed_bwd(masked_ids, res, cotangents):
+    g, _ = cotangents  # the gain is detached (a reward): its cotangent is ignored
+    d, w, wmix, zd, z, lse, targets = res
+    gz = constrain_batch(_dlogits(z, lse, targets, g))  # (N, V) float32; 0 at masked ids
+    gw = jnp.sum(gz * zd.astype(gz.dtype), axis=-1, keepdims=True).astype(wmix.dtype)
+    gd_z = (wmix.astype(gz.dtype) * gz).astype(d.dtype)
+    gd = jnp.einsum("nv,vh->nh", gd_z, w, preferred_element_type=acc_dtype(d.dtype)).astype(d.dtype)
+    gW = jnp.einsum("nh,nv->hv", d, gd_z, preferred_element_type=acc_dtype(d.dtype)).T.astype(w.dtype)
+    return gz, gd, gw, gW, None
+
+
+_mixed_logprobs.defvjp(lambda *a: _mixed_fwd(*a), _mixed_bwd)
+
+
+def mixed_head_logprobs(params: dict, cfg: ModelConfig, base_logits: jax.Array, delta: jax.Array, w: jax.Array,
+                        targets: jax.Array, masked_ids: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+    """(log p_mix[targets], gain): log softmax(base_logits + w * lm_head(delta))[targets] and its gain
+    over log softmax(base_logits)[targets] (mix_gain: no cancellation, no gradient), float32 (float64
+    for float64 compute).
+
+    Quiet-STaR's hidden-state mix, lm_head((1 - w) h_base + w h_thought), written as
+    lm_head(h_base) + w * lm_head(h_thought - h_base): the same function (lm_head is linear), but the
+    mix happens in float32 on the logits. Mixing the hidden states in a bf16 compute dtype first would
+    round h_base + w (h_thought - h_base) back to h_base while |w| is small (all of early training:
+    w starts at exactly 0), and every reward would be exactly 0 or rounding noise.
+
+    base_logits (..., V) float32 (head_logits of h_base: the logits the base log-probs come from);
+    delta (..., H) = h_thought - h_base in the compute dtype; w (..., 1) float32; targets (...).
+    masked_ids: ids at -inf in both distributions. One vocabulary matmul forward and two backward, like
+    head_token_logprobs; keeps the mixed logits and lm_head(delta) for the backward."""
+    lead = delta.shape[:-1]
+    V = base_logits.shape[-1]
+    out, gain = _mixed_logprobs(constrain_batch(base_logits.reshape(-1, V)),
+                                constrain_batch(delta.reshape(-1, delta.shape[-1])),
+                                w.reshape(-1, 1), head_weight(params, cfg).astype(delta.dtype),
+                                targets.reshape(-1).astype(jnp.int32), tuple(int(i) for i in masked_ids))
+    return out.reshape(lead), gain.reshape(lead)

@@ -25,11 +25,12 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.head import head_token_logprobs, token_logprobs
+from quietstar_jax.model.head import (head_logits, head_token_logprobs, mix_gain, mixed_head_logprobs,
+                                     token_logprobs)
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
 from quietstar_jax.quietstar.config import QuietStarConfig
-from quietstar_jax.quietstar.mixing import mixing_weight
+from quietstar_jax.quietstar.mixing import mixing_weight, thought_delta
 from quietstar_jax.quietstar.sampling import sample_thoughts
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits, thought_ids_in_vocab
 
@@ -140,10 +141,13 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
 
     # Base predictions: log p_base(x_{p+1}) at every position. The base stream of the P copies of an
     # example is identical, so its (L, V) logits are computed once per example, not once per copy;
-    # the NLL still counts all R rows, as the authors' mean over the repeated batch does.
+    # the NLL still counts all R rows, as the authors' mean over the repeated batch does. The talk
+    # steps mix with these same logits (float32), so a reward is exactly 0 where w is.
     h_base = hidden[:, 0]
-    base_lp = rep(head_logprobs(params, cfg, qs, h_base[::P], layout.shift_left(batch["tokens"], 1),
-                                mask_thoughts=nll_mask))
+    masked = thought_ids_in_vocab(qs, cfg.vocab_size) if nll_mask else ()
+    base_logits = head_logits(params, cfg, h_base[::P])  # (B, L, V) float32
+    base_lp = rep(token_logprobs(mask_thought_logits(base_logits, qs) if masked else base_logits,
+                                 layout.shift_left(batch["tokens"], 1)))
     nll_base = masked_mean(-base_lp, layout.next_token_valid(seg, 0))
 
     head = params["quietstar"]["talk_head"]
@@ -155,15 +159,21 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
         ht = hidden[:, N - 1 + s]
         w = mixing_weight(head, qs, hb, ht)  # (R, L, 1)
         target = layout.shift_left(tokens, s + 1)
+        zb = rep(layout.shift_left(base_logits, s))  # lm_head(h_base at p + s), float32
+        # The mix is taken in float32 on the logits, whatever the compute dtype (mixing.py, "Precision").
+        # The reward term log p_mix - log p_base is taken from the logits (mix_gain), not as the
+        # difference of two log-probs, whose float32 rounding swamps it while w is small.
         if qs.mixer == "hidden":
-            mix_lp = head_logprobs(params, cfg, qs, ((1.0 - w) * hb + w * ht).astype(hb.dtype), target,
-                                   mask_thoughts=nll_mask)
+            mix_lp, gain = mixed_head_logprobs(params, cfg, zb, thought_delta(ht, hb), w, target, masked)
         else:
-            mixed = (1.0 - w) * lm_logits(params, cfg, hb) + w * lm_logits(params, cfg, ht)
-            mix_lp = token_logprobs(mask_thought_logits(mixed, qs) if nll_mask else mixed, target)
+            zt = lm_logits(params, cfg, ht)
+            mixed = (1.0 - w) * zb + w * zt
+            mix_lp = token_logprobs(mask_thought_logits(mixed, qs) if masked else mixed, target)
+            gain = mix_gain(zb.reshape(-1, zb.shape[-1]), (zt - zb).reshape(-1, zb.shape[-1]), w.reshape(-1, 1),
+                            target.reshape(-1), masked).reshape(target.shape)
         valid_s = layout.next_token_valid(seg, s)
         nll_mix = nll_mix + masked_mean(-mix_lp, valid_s) / M
-        reward = reward + jnp.where(valid_s, mix_lp - layout.shift_left(base_lp, s), 0.0)
+        reward = reward + jnp.where(valid_s, gain, 0.0)
         w_sum = w_sum + masked_mean(w[..., 0], valid_s) / M
         if details:
             steps.append((mix_lp, w[..., 0], valid_s))
