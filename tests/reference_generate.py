@@ -8,12 +8,15 @@ scratch. One row at a time, no cache, no streams, no branch slots:
     next     = choose(lm_head((1 - w) h_base + w h_end)), w = mixing_head(h_base, h_end)
 
 Only the draws (quietstar_jax.inference.sampler.draw / choose) are shared with the implementation, so
-that both pick the same tokens from the same distributions.
+that both pick the same tokens from the same distributions. Thought adapters (the thought's tokens
+run them, the text's do not) go through the dense reference forward of reference_quietstar.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from reference_quietstar import dense_forward
 
 from quietstar_jax.inference.sampler import choose, draw
 from quietstar_jax.model.attention import StreamMask
@@ -22,29 +25,35 @@ from quietstar_jax.quietstar.mixing import mixing_weight
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
 
 
-def _last_hidden(params, cfg, qs, ids):
+def _last_hidden(params, cfg, qs, ids, n_text=None):
     """Final hidden state of the last token of `ids` (a list) under plain causal attention. Run on the
     sequence right-padded to a multiple of 64 (causal: padding after the last token changes nothing
-    before it), so one compiled program serves many lengths."""
+    before it), so one compiled program serves many lengths. With thought adapters, the tokens from
+    index n_text on (the thought) run them: the tests' dense reference forward with a per-token gate."""
     n = len(ids)
     L = -(-n // 64) * 64
-    return _fwd(params, cfg, qs, jnp.asarray([list(ids) + [0] * (L - n)], jnp.int32), n - 1)
+    n_text = n if n_text is None else n_text
+    return _fwd(params, cfg, qs, jnp.asarray([list(ids) + [0] * (L - n)], jnp.int32), n - 1, n_text)
 
 
 _CACHE = {}
 
 
-def _fwd(params, cfg, qs, ids, last):
+def _fwd(params, cfg, qs, ids, last, n_text):
     key = (cfg, qs)
     if key not in _CACHE:
-        def f(p, ids, last):
+        def f(p, ids, last, n_text):
             L = ids.shape[1]
             pos = jnp.arange(L, dtype=jnp.int32)[None]
-            h = forward(p, cfg, embed_with_thoughts(p, cfg, qs, ids)[:, None], pos[:, None],
-                        StreamMask.causal(jnp.ones((1, L), jnp.int32)))
+            x = embed_with_thoughts(p, cfg, qs, ids)
+            if qs.adapter_rank:
+                gate = (jnp.arange(L) >= n_text)[None].astype(x.dtype) * qs.adapter_scale
+                h = dense_forward(p, cfg, x, pos, jnp.tril(jnp.ones((1, L, L), bool)), p["quietstar"]["adapters"], gate)
+                return h[0, last]
+            h = forward(p, cfg, x[:, None], pos[:, None], StreamMask.causal(jnp.ones((1, L), jnp.int32)))
             return h[0, 0, last]
         _CACHE[key] = jax.jit(f)
-    return _CACHE[key](params, ids, last)
+    return _CACHE[key](params, ids, last, n_text)
 
 
 def naive_generate(params, cfg, qs, gen, prompt, key, row: int):
@@ -60,12 +69,15 @@ def naive_generate(params, cfg, qs, gen, prompt, key, row: int):
             seq = ids + [qs.start_id]
             thought = []
             for j in range(T):
-                h = _last_hidden(params, cfg, qs, seq)
-                logits = mask_thought_logits(lm_logits(params, cfg, h), qs)[None]
-                tok = int(choose(logits, draw(key, t, 1 + j, rows), gen.thought_sampler(qs))[0])
+                if qs.thought_mode == "pause":  # fixed thoughts: <start> tokens
+                    tok = qs.start_id
+                else:
+                    h = _last_hidden(params, cfg, qs, seq, len(ids))
+                    logits = mask_thought_logits(lm_logits(params, cfg, h), qs)[None]
+                    tok = int(choose(logits, draw(key, t, 1 + j, rows), gen.thought_sampler(qs))[0])
                 thought.append(tok)
                 seq.append(tok)
-            h_end = _last_hidden(params, cfg, qs, seq + [qs.end_id])
+            h_end = _last_hidden(params, cfg, qs, seq + [qs.end_id], len(ids))
             w = mixing_weight(params["quietstar"]["talk_head"], qs, h_base, h_end)
             logits = lm_logits(params, cfg, (1.0 - w) * h_base + w * h_end)
             w = float(w[0])

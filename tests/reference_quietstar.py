@@ -44,16 +44,28 @@ def dense_attention(q, k, v, mask, scale):
     return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, axis=-1), v)
 
 
-def dense_forward(params, cfg, x, positions, mask):
+def dense_forward(params, cfg, x, positions, mask, adapters=None, adapter_gate=None):
     """x (B, S, H) embeddings, positions (B, S), dense mask (B, S, S) -> final hidden (B, S, H).
-    A Python loop over layers, no scan, no streams."""
+    A Python loop over layers, no scan, no streams. adapters: params["quietstar"]["adapters"] (LoRA
+    lora_A (nL, r, in) / lora_B (nL, out, r)), added as adapter_gate (B, S) * B (A h) to each adapted
+    projection's output, token by token."""
     lay = params["model"]["layers"]
     cos, sin = rope_cos_sin(cfg, positions)
     B, S, _ = x.shape
     D = cfg.head_dim
-    lin = lambda h, p: h @ p["weight"].T + (p["bias"] if "bias" in p else 0.0)  # noqa: E731
+
+    def lin(h, p):
+        y = h @ p["weight"].T + (p["bias"] if "bias" in p else 0.0)
+        if "lora_A" in p:
+            y = y + adapter_gate[..., None] * ((h @ p["lora_A"].T) @ p["lora_B"].T)
+        return y
+
     for i in range(cfg.num_hidden_layers):
         lp = jax.tree.map(lambda a: a[i], lay)
+        if adapters is not None:
+            for mod, targets in adapters.items():
+                for t, ab in targets.items():
+                    lp[mod][t] = dict(lp[mod][t], lora_A=ab["lora_A"][i], lora_B=ab["lora_B"][i])
         h = rms_norm(x, lp["input_layernorm"]["weight"], cfg.rms_norm_eps)
         a = lp["self_attn"]
         q = apply_rope(lin(h, a["q_proj"]).reshape(B, S, -1, D), cos, sin)
@@ -79,7 +91,7 @@ def logits_ref(params, cfg, h):
     return h @ w.T
 
 
-def reference_loss(params, cfg, qs, batch, thoughts):
+def reference_loss(params, cfg, qs, batch, thoughts, step=None, ref_params=None, terms=False):
     """The Quiet-STaR loss written out position by position with a dense mask.
 
     The authors' reductions: NLL = sum over the predictions with a target / their number, over all
@@ -87,13 +99,19 @@ def reference_loss(params, cfg, qs, batch, thoughts):
     baseline = mean over the P copies when P > 1; policy: per thought token, sum of -A log p over the
     rewarded positions / (rows x slice positions), then the mean over the T tokens. The config's
     alternatives (policy_reduction, policy_denominator, reward_needs_all_targets,
-    mask_thought_logits_in_nll, drop_last_reward_position) are written out the same way."""
+    mask_thought_logits_in_nll, drop_last_reward_position) are written out the same way, and so are
+    the stabilisers: pause thoughts, the advantage normalisations, the mixing-weight warm-up at `step`,
+    thought adapters (a per-token gate: every token of streams >= 1), the entropy bonus and the KL to
+    `ref_params`' thought distributions (per real position and thought token).
+    terms: return (lm_term, thought_term) instead of their sum."""
     P, N, M = qs.n_passes, qs.n_ahead, qs.n_ahead_talk
     T = N - 3
     tok = np.repeat(np.asarray(batch["tokens"]), P, 0)
     pos = np.repeat(np.asarray(batch["positions"]), P, 0)
     seg = np.repeat(np.asarray(batch["segment_ids"]), P, 0)
     thoughts = np.asarray(thoughts)
+    if qs.thought_mode == "pause":
+        thoughts = np.full_like(thoughts, qs.start_id)
     R, L = tok.shape
     K = N + M - 1
     streams = np.zeros((R, K, L), np.int64)
@@ -104,8 +122,16 @@ def reference_loss(params, cfg, qs, batch, thoughts):
             streams[r, :, p] = col
     flat = streams.reshape(R, K * L)
     fpos = (pos[:, None, :] + np.arange(K)[None, :, None]).reshape(R, K * L)
-    h = dense_forward(params, cfg, embed_ref(params, qs, flat), jnp.asarray(fpos),
-                      jnp.asarray(dense_stream_mask(seg, K))).reshape(R, K, L, -1)
+    # Adapters act on every token of streams 1..K-1 (thoughts and what follows them), never on the text.
+    gate = np.repeat((np.arange(K) >= 1)[None, :, None], L, axis=2).repeat(R, axis=0).reshape(R, K * L)
+
+    def hidden_of(prm):
+        adapters = prm["quietstar"].get("adapters") if qs.adapter_rank else None
+        g = jnp.asarray(gate, jnp.float64 if cfg.dtype == "float64" else jnp.float32) * qs.adapter_scale
+        return dense_forward(prm, cfg, embed_ref(prm, qs, flat), jnp.asarray(fpos),
+                             jnp.asarray(dense_stream_mask(seg, K)), adapters, g).reshape(R, K, L, -1)
+
+    h = hidden_of(params)
     thought_ids = [i for i in (qs.start_id, qs.end_id) if 0 <= i < cfg.vocab_size]
 
     def logp(z, mask):
@@ -122,7 +148,11 @@ def reference_loss(params, cfg, qs, batch, thoughts):
         z = jax.nn.relu(head["0"]["weight"] @ z + head["0"]["bias"])
         z = jax.nn.relu(head["2"]["weight"] @ z + head["2"]["bias"])
         z = head["4"]["weight"] @ z + (head["4"]["bias"] if "bias" in head["4"] else 0.0)
-        return jax.nn.sigmoid(z[0]) if qs.mixer_bounded else z[0]
+        w = jax.nn.sigmoid(z[0]) if qs.mixer_bounded else z[0]
+        if qs.mixing_warmup_steps and step is not None and step < qs.mixing_warmup_steps:
+            v = qs.mixing_warmup_value
+            w = v if qs.mixing_warmup_mode == "fixed" else jnp.maximum(w, v * (1 - step / qs.mixing_warmup_steps))
+        return w
 
     def ok(r, p, s):  # target x_{p+s+1} exists in the same segment as x_p
         return p + s + 1 < L and seg[r, p] > 0 and seg[r, p + s + 1] == seg[r, p]
@@ -140,7 +170,7 @@ def reference_loss(params, cfg, qs, batch, thoughts):
     for s in range(M):
         ri, pi = pairs(lambda r, p: ok(r, p, s))
         hb, ht = h[ri, 0, pi + s], h[ri, N - 1 + s, pi]  # (n, H)
-        w = jax.vmap(weight)(hb, ht)[:, None]
+        w = jnp.broadcast_to(jax.vmap(weight)(hb, ht), (len(ri),))[:, None]
         tgt = tok[ri, pi + s + 1]
         if qs.mixer == "hidden":
             z = logits_ref(params, cfg, (1 - w) * hb + w * ht)
@@ -161,17 +191,42 @@ def reference_loss(params, cfg, qs, batch, thoughts):
     adv = reward
     if P > 1:  # minus the mean over the P thoughts of the same example and position
         adv = reward - jnp.repeat(reward.reshape(R // P, P, L).mean(axis=1), P, axis=0)
+    if qs.advantage_norm == "batch":  # by the std over the rewarded positions of the batch
+        vals = adv[keep]
+        adv = jnp.where(keep, adv / (jnp.sqrt(jnp.mean((vals - vals.mean()) ** 2)) + 1e-8), 0.0)
+    elif qs.advantage_norm == "group":  # by the std over the P thoughts of each position
+        sd = jnp.sqrt(jnp.mean(adv.reshape(R // P, P, L) ** 2, axis=1))
+        adv = adv / (jnp.repeat(sd, P, axis=0) + 1e-8)
     if qs.clamp_advantage:
         adv = jnp.maximum(adv, 0.0)
     ri, pi = pairs(rewarded)
     denom = R * n_slice if qs.policy_denominator == "all" else max(len(ri), 1)
     token_losses = []
-    for j in range(T):  # thought token j was sampled from the hidden state of stream j + 1
+    sampled = qs.thought_mode == "sample"
+    for j in range(T if sampled else 0):  # thought token j was sampled from the hidden state of stream j + 1
         z = logits_ref(params, cfg, h[ri, 1 + j, pi]) / qs.policy_temperature
         lp = logp(z, True)[jnp.arange(len(ri)), thoughts[ri, pi, j]]
         token_losses.append(jnp.sum(-adv[ri, pi] * lp) / denom)
-    pg = sum(token_losses) / (T if qs.policy_reduction == "mean" else 1) if T else 0.0
-    return qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix + qs.policy_weight * pg
+    pg = sum(token_losses) / (T if qs.policy_reduction == "mean" else 1) if token_losses else 0.0
+    thought_term = qs.policy_weight * pg
+    if sampled and T and (qs.entropy_bonus or qs.kl_coef):
+        ri, pi = pairs(lambda r, p: seg[r, p] > 0)  # every real position's thought
+        h_ref = hidden_of(ref_params) if qs.kl_coef else None
+        ents, kls = [], []
+        for j in range(T):
+            z = logits_ref(params, cfg, h[ri, 1 + j, pi]) / qs.sample_temperature
+            keep = [v for v in range(z.shape[-1]) if v not in thought_ids]  # the sampling support
+            ls = jax.nn.log_softmax(z[:, keep], axis=-1)
+            ents.append(-jnp.sum(jnp.exp(ls) * ls, axis=-1))
+            if qs.kl_coef:
+                zr = logits_ref(ref_params, cfg, h_ref[ri, 1 + j, pi]) / qs.sample_temperature
+                lr = jax.lax.stop_gradient(jax.nn.log_softmax(zr[:, keep], axis=-1))
+                kls.append(jnp.sum(jnp.exp(ls) * (ls - lr), axis=-1))
+        thought_term = thought_term - qs.entropy_bonus * jnp.mean(jnp.stack(ents))
+        if qs.kl_coef:
+            thought_term = thought_term + qs.kl_coef * jnp.mean(jnp.stack(kls))
+    lm_term = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix
+    return (lm_term, thought_term) if terms else lm_term + thought_term
 
 
 def naive_thoughts(params, cfg, qs, tokens, positions, key, step_uniforms):

@@ -28,6 +28,16 @@ def make_params(cfg=CFG, qs=QS, seed=0):
     return builders.live_params(cfg, qs, seed, [3], 0.3)  # a live mixing head: w != 0
 
 
+def adapted(params, qs):
+    """Non-zero B for the thought adapters (B = 0 at init: no effect to test)."""
+    if qs.adapter_rank:
+        keys = iter(jax.random.split(jax.random.key(11), 64))
+        params["quietstar"]["adapters"] = jax.tree_util.tree_map_with_path(
+            lambda path, a: 0.5 * jax.random.normal(next(keys), a.shape) if "lora_B" in jax.tree_util.keystr(path)
+            else a, params["quietstar"]["adapters"])
+    return params
+
+
 PROMPTS = np.array([[5, 9, 11, 13, 0, 0, 0], [1, 2, 3, 4, 5, 6, 8], [40, 41, 0, 0, 0, 0, 0]])
 LENGTHS = np.array([4, 7, 2])
 
@@ -38,13 +48,14 @@ def _rows(out):
 
 
 # ----------------------------------------------------------------------------- think_logprobs
-def test_think_logprobs_equal_the_objectives_talk_step_0():
+@pytest.mark.parametrize("extra", [{}, {"adapter_rank": 3}], ids=["plain", "thought-adapters"])
+def test_think_logprobs_equal_the_objectives_talk_step_0(extra):
     """Same thoughts: the mixed (and base) next-token log-probs equal what the training objective computes
     at talk step 0 (float64, 1e-10)."""
     with jax.enable_x64(True):
         cfg = CFG.replace(dtype="float64")
-        qs = QS.replace(n_passes=1, n_ahead=6)
-        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), make_params(qs=qs))
+        qs = QS.replace(n_passes=1, n_ahead=6, **extra)
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), adapted(make_params(qs=qs), qs))
         B, L = 2, 9
         tokens = jnp.asarray(np.random.RandomState(0).randint(0, V, (B, L)), jnp.int32)
         seg = jnp.ones((B, L), jnp.int32).at[1, 6:].set(0)
@@ -77,11 +88,14 @@ def test_think_logprobs_sample_their_own_thoughts_of_any_length():
     (GenerateConfig(max_new_tokens=5, thought_tokens=1, thought=Sampler(temperature=1.3, top_p=0.8)), QS),
     (GenerateConfig(max_new_tokens=4, thought_tokens=0), QS),  # <start><end>: no sampled token
     (SAMPLED, dataclasses.replace(QS, mixer="logit")),  # the naive loop mixes hidden states: equal
-], ids=["sampled", "thought-length-1", "thought-length-0", "logits-mixer"])
+    (SAMPLED, dataclasses.replace(QS, adapter_rank=2, adapter_targets="q_proj,v_proj,up_proj,down_proj")),
+    (SAMPLED, dataclasses.replace(QS, thought_mode="pause")),
+], ids=["sampled", "thought-length-1", "thought-length-0", "logits-mixer", "thought-adapters", "pause"])
 def test_generation_equals_the_naive_loop(gen, qs):
     """KV-cached, batched, prompts of different lengths, sampled thoughts and output, EOS: every token,
-    thought and mixing weight as the loop that recomputes everything for each new token."""
-    params = make_params()
+    thought and mixing weight as the loop that recomputes everything for each new token (thought
+    adapters: in the thought's tokens only; pause: fixed <start> thoughts)."""
+    params = adapted(make_params(qs=qs), qs)
     key = jax.random.key(3)
     # An EOS id that row 0 emits as its third token, so that a row stops early.
     first = Generator(params, CFG, qs, gen).generate(PROMPTS, LENGTHS, key)

@@ -155,16 +155,26 @@ def test_sampling_never_emits_thought_ids_inside_vocab():
     assert not np.isin(np.asarray(th), [5, 6]).any()
 
 
-def test_cached_sampling_logits_equal_training_forward_logits():
-    """The KV-cached sampler and the teacher-forced training pass give the same log-probs."""
-    params = make_params()
+@pytest.mark.parametrize("adapter_rank", [0, 2])
+def test_cached_sampling_logits_equal_training_forward_logits(adapter_rank):
+    """The KV-cached sampler and the teacher-forced training pass give the same log-probs (with thought
+    adapters: both run them in the thought streams)."""
+    from quietstar_jax.quietstar.adapters import thought_adapters
+
+    qs = QS.replace(adapter_rank=adapter_rank)
+    params = adapted_params(qs)
     b = make_batch(pad_from=8)
-    th, _, raws = sample_thoughts(params, CFG, QS, b["tokens"], b["positions"], b["segment_ids"],
+    th, _, raws = sample_thoughts(params, CFG, qs, b["tokens"], b["positions"], b["segment_ids"],
                                   jax.random.key(3), return_logits=True)
-    streams = layout.stream_tokens(QS, b["tokens"], th)
-    h = forward(params, CFG, embed_with_thoughts(params, CFG, QS, streams),
-                layout.stream_positions(QS, b["positions"]), StreamMask.streams(b["segment_ids"], QS.num_streams))
-    T = QS.num_thought_tokens
+    streams = layout.stream_tokens(qs, b["tokens"], th)
+    h = forward(params, CFG, embed_with_thoughts(params, CFG, qs, streams),
+                layout.stream_positions(qs, b["positions"]), StreamMask.streams(b["segment_ids"], qs.num_streams),
+                adapters=thought_adapters(params, qs))
+    if adapter_rank:  # the adapters change the thought streams' logits (else the test shows nothing)
+        h0 = forward(params, CFG, embed_with_thoughts(params, CFG, qs, streams),
+                     layout.stream_positions(qs, b["positions"]), StreamMask.streams(b["segment_ids"], qs.num_streams))
+        assert float(jnp.abs(h - h0)[:, 1:].max()) > 1e-2 and float(jnp.abs(h - h0)[:, 0].max()) == 0.0
+    T = qs.num_thought_tokens
     train = jnp.moveaxis(lm_logits(params, CFG, h[:, 1:T + 1]), 1, 2)
     np.testing.assert_allclose(jax.nn.log_softmax(train), jax.nn.log_softmax(raws), atol=1e-5, rtol=1e-5)
 
@@ -223,6 +233,20 @@ VARIANTS = {
     "thought-ids-in-vocab-nll-masked": dict(start_id=5, end_id=6, mask_thought_logits_in_nll=True),
     "our-reductions": dict(policy_reduction="sum", policy_denominator="valid", reward_needs_all_targets=True),
 }
+# The stabilisers (QuietStarConfig, docs/algorithm.md "Stabilisers"), each against the same dense
+# reference, which writes them out position by position (tests/reference_quietstar.py).
+STABILISER_VARIANTS = {
+    "entropy-bonus": dict(entropy_bonus=0.3, policy_weight=10.0),
+    "kl-to-initial": dict(kl_coef=0.7),
+    "entropy-kl-P3": dict(n_passes=3, entropy_bonus=0.2, kl_coef=0.5, sample_temperature=1.5),
+    "entropy-kl-thought-ids-in-vocab": dict(entropy_bonus=0.2, kl_coef=0.5, start_id=5, end_id=6),
+    "advantage-norm-batch": dict(advantage_norm="batch", policy_weight=1.0),
+    "advantage-norm-group-P3": dict(n_passes=3, advantage_norm="group", policy_weight=1.0),
+    "warmup-fixed": dict(mixing_warmup_steps=5, mixing_warmup_mode="fixed", mixing_warmup_value=0.6),
+    "warmup-floor": dict(mixing_warmup_steps=5, mixing_warmup_mode="floor", mixing_warmup_value=0.9),
+    "thought-adapters": dict(adapter_rank=2, adapter_alpha=3.0, adapter_targets="q_proj,v_proj,o_proj,down_proj"),
+    "pause": dict(thought_mode="pause"),
+}
 SLOW_VARIANTS = {
     "unclamped-bounded": dict(clamp_advantage=False, mixer_bounded=True),
     "logit-mixer-keep-last": dict(mixer="logit", drop_last_reward_position=False),
@@ -230,8 +254,20 @@ SLOW_VARIANTS = {
 }
 
 
-def _compare_with_reference(qs, batch, seed=9):
-    params = make_params(qs=qs)
+def adapted_params(qs, seed=0):
+    """make_params, with thought adapters whose B is non-zero (at init B = 0: no effect)."""
+    p = make_params(qs=qs, seed=seed)
+    if qs.adapter_rank:
+        keys = iter(jax.random.split(jax.random.key(seed + 7), 64))
+        p["quietstar"]["adapters"] = jax.tree_util.tree_map_with_path(
+            lambda path, a: 0.3 * jax.random.normal(next(keys), a.shape) if "lora_B" in jax.tree_util.keystr(path)
+            else a, p["quietstar"]["adapters"])
+    return p
+
+
+def _compare_with_reference(qs, batch, seed=9, step=2):
+    params = adapted_params(qs)
+    ref_params = adapted_params(qs, seed=5) if qs.kl_coef else None  # "initial" params unlike the current
     R, L = batch["tokens"].shape[0] * qs.n_passes, batch["tokens"].shape[1]
     thoughts = jax.random.randint(jax.random.key(seed), (R, L, qs.num_thought_tokens), 0, V)
     # The sampler never emits the thought ids (masked); keep random thoughts off them too.
@@ -239,8 +275,10 @@ def _compare_with_reference(qs, batch, seed=9):
     with jax.enable_x64(True):
         cfg = CFG.replace(dtype="float64")
         params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
-        f = lambda p: quietstar_loss(p, cfg, qs, batch, None, thoughts=thoughts)[0]  # noqa: E731
-        g = lambda p: ref.reference_loss(p, cfg, qs, batch, thoughts)  # noqa: E731
+        ref_params = None if ref_params is None else jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), ref_params)
+        f = lambda p: quietstar_loss(p, cfg, qs, batch, None, thoughts=thoughts, step=jnp.int32(step),  # noqa: E731
+                                     ref_params=ref_params)[0]
+        g = lambda p: ref.reference_loss(p, cfg, qs, batch, thoughts, step, ref_params)  # noqa: E731
         l1, g1 = jax.jit(jax.value_and_grad(f))(params)
         l2, g2 = jax.jit(jax.value_and_grad(g))(params)  # one compile instead of many eager ops
         assert abs(float(l1) - float(l2)) <= 1e-9 * abs(float(l2)), (float(l1), float(l2))
@@ -253,12 +291,56 @@ def _compare_with_reference(qs, batch, seed=9):
     return g1
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS) + [pytest.param(k, marks=pytest.mark.slow) for k in SLOW_VARIANTS])
+@pytest.mark.parametrize("variant", list(VARIANTS) + list(STABILISER_VARIANTS)
+                         + [pytest.param(k, marks=pytest.mark.slow) for k in SLOW_VARIANTS])
 def test_loss_and_grads_equal_dense_reference(variant):
-    qs = QS.replace(n_ahead=5, **{**VARIANTS, **SLOW_VARIANTS}[variant])
+    qs = QS.replace(n_ahead=5, **{**VARIANTS, **STABILISER_VARIANTS, **SLOW_VARIANTS}[variant])
     g = _compare_with_reference(qs, make_batch(L=7, pad_from=5))
     if qs.base_loss_weight == 0 and qs.mix_loss_weight == 0:  # the policy term alone moves the model
         assert np.abs(np.asarray(g["model"]["layers"]["mlp"]["up_proj"]["weight"])).max() > 0
+
+
+@pytest.mark.parametrize("routing", [dict(policy_params="quietstar/.*"), dict(policy_grad_max_share=0.2),
+                                     dict(policy_params="quietstar/(adapters|thought_embeddings)/.*",
+                                          policy_grad_max_share=0.01)])
+def test_routed_gradient_equals_the_reference_terms_recombined(routing):
+    """quietstar.routing: the applied gradient is g_lm + c * mask(g_thought), with g_lm and g_thought the
+    dense reference's gradients of its two terms, mask = policy_params, c = the share bound (float64)."""
+    import re
+
+    from quietstar_jax.model.params import path_string
+    from quietstar_jax.quietstar.routing import routed_value_and_grad
+
+    qs = QS.replace(n_ahead=5, adapter_rank=2, entropy_bonus=0.1, **routing)
+    batch = make_batch(L=7, pad_from=5)
+    params = adapted_params(qs)
+    th = jax.random.randint(jax.random.key(9), (4, 7, qs.num_thought_tokens), 0, V)
+    with jax.enable_x64(True):
+        cfg = CFG.replace(dtype="float64")
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+        (_, m), g = jax.jit(lambda p: routed_value_and_grad(
+            lambda q: quietstar_loss(q, cfg, qs, batch, None, thoughts=th), qs, p))(params)
+        g_lm = jax.jit(jax.grad(lambda p: ref.reference_loss(p, cfg, qs, batch, th, terms=True)[0]))(params)
+        g_th = jax.jit(jax.grad(lambda p: ref.reference_loss(p, cfg, qs, batch, th, terms=True)[1]))(params)
+        pat = re.compile(qs.policy_params or ".*")
+        g_th = jax.tree_util.tree_map_with_path(
+            lambda path, x: x if pat.fullmatch(path_string(path)) else 0 * x, g_th)
+        norm = lambda t: float(np.sqrt(sum(float(jnp.sum(x * x)) for x in jax.tree.leaves(t))))  # noqa: E731
+        n_lm, n_th = norm(g_lm), norm(g_th)
+        s = qs.policy_grad_max_share
+        c = min(1.0, s / (1 - s) * n_lm / n_th) if s else 1.0
+        np.testing.assert_allclose(float(m["grad_norm_lm"]), n_lm, rtol=1e-9)
+        np.testing.assert_allclose(float(m["grad_norm_thought"]), n_th, rtol=1e-9)
+        np.testing.assert_allclose(float(m["thought_grad_scale"]), c, rtol=1e-9)
+        if s == 0.01:
+            assert c < 0.5  # the bound binds in this case
+        want = jax.tree.map(lambda a, b: a + c * b, g_lm, g_th)
+        for (path, a), b in zip(jax.tree.leaves_with_path(g), jax.tree.leaves(want)):
+            scale = max(float(jnp.abs(b).max()), 1e-300)
+            np.testing.assert_allclose(a / scale, b / scale, atol=1e-9, err_msg=jax.tree_util.keystr(path))
+        if qs.policy_params == "quietstar/.*":  # the text-predicting weights learn from the NLL alone
+            np.testing.assert_allclose(g["model"]["layers"]["mlp"]["up_proj"]["weight"],
+                                       g_lm["model"]["layers"]["mlp"]["up_proj"]["weight"], rtol=1e-9, atol=1e-14)
 
 
 def test_packed_documents_equal_dense_reference():

@@ -33,6 +33,7 @@ from quietstar_jax.inference.sampler import Sampler, choose, draw
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.decode import DecodeCache, cpu_decode_params, decode_step, params_for_decoding, prefill
 from quietstar_jax.model.transformer import lm_logits
+from quietstar_jax.quietstar.adapters import thought_adapters
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixed_logits, mixing_weight
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
@@ -131,7 +132,7 @@ def _feed_thought(params, cfg, qs, ids, slot, pos_last, cache):
     c = ids.shape[1]
     positions = pos_last[:, None] + 1 + slot + jnp.arange(c, dtype=jnp.int32)[None]
     return decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, ids), positions, cache, slot=slot,
-                       anchor=pos_last)
+                       anchor=pos_last, adapters=thought_adapters(params, qs))
 
 
 def _thought(params, cfg, qs, gen, cache, h_start, pos_last, key, step, rows):
@@ -143,6 +144,8 @@ def _thought(params, cfg, qs, gen, cache, h_start, pos_last, key, step, rows):
     end = jnp.full((B, 1), qs.end_id, jnp.int32)
 
     def sample(h, j):  # t_{j+1} from the hidden state of the token before it
+        if qs.thought_mode == "pause":  # fixed thoughts (as trained): <start> tokens, nothing drawn
+            return jnp.full((B,), qs.start_id, jnp.int32)
         logits = mask_thought_logits(lm_logits(params, cfg, h), qs)
         return choose(logits, draw(key, step, 1 + j, rows), sampler).astype(jnp.int32)
 
@@ -196,7 +199,7 @@ def advance(params: dict, cfg: ModelConfig, qs: QuietStarConfig, gen: GenerateCo
         ids = jnp.stack([tok, jnp.full((B,), qs.start_id, jnp.int32)], axis=1)
         positions = pos[:, None] + jnp.arange(2, dtype=jnp.int32)[None]
         h, cache = decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, ids), positions, cache,
-                               text_index=P + t, slot=0)
+                               text_index=P + t, slot=0, adapters=thought_adapters(params, qs))
         h_last, h_start = h[:, 0], h[:, 1]
     else:
         h, cache = decode_step(params, cfg, embed_with_thoughts(params, cfg, qs, tok[:, None]), pos[:, None], cache,

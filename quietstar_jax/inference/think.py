@@ -24,6 +24,7 @@ from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.transformer import forward, lm_logits
 from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.adapters import thought_adapters
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixed_logits, mixing_weight
 from quietstar_jax.quietstar.sampling import sample_thoughts
@@ -62,7 +63,7 @@ def think_logprobs(params: dict, cfg: ModelConfig, qs: QuietStarConfig, tokens: 
     N = tq.num_streams
     streams = layout.stream_tokens(tq, tokens, jax.lax.stop_gradient(thoughts))
     hidden = forward(params, cfg, embed_with_thoughts(params, cfg, tq, streams), layout.stream_positions(tq, positions),
-                     StreamMask.streams(segment_ids, N))
+                     StreamMask.streams(segment_ids, N), adapters=thought_adapters(params, qs))
     h_base, h_end = hidden[:, 0], hidden[:, N - 1]
     w = mixing_weight(params["quietstar"]["talk_head"], qs, h_base, h_end)  # (B, L, 1)
     base = lm_logits(params, cfg, h_base)

@@ -28,6 +28,7 @@ from flax import struct
 
 from quietstar_jax.model.attention import MASK_VALUE, StreamMask
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.lora import StreamAdapters, with_layer_adapters
 from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.rope import rope_cos_sin
 from quietstar_jax.model.transformer import attention_out_and_mlp, forward, qkv, rms_norm
@@ -99,7 +100,8 @@ def _attend(q, k, v, key_ok, sk, sv, slot_ok, scale):
 
 
 def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Array, cache: DecodeCache, *,
-                text_index=None, slot=None, anchor: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
+                text_index=None, slot=None, anchor: jax.Array | None = None,
+                adapters: StreamAdapters | None = None) -> tuple[jax.Array, DecodeCache]:
     """A chunk of C new tokens per row through every layer, reading the weights once for all of them.
 
     x: (B, C, H) input embeddings; position: (B, C) position ids. With text_index (a scalar, the same for
@@ -109,6 +111,8 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
     (including a text token of the same chunk) and slots 0..j. anchor (B,) is the position of the text
     token the branch belongs to (sliding windows are measured from it, as in training); with a text
     token it is that token's position. Returns hidden (B, C, H) after the final norm and the cache.
+
+    adapters: thought adapters (model.lora), applied to the branch tokens only.
 
     Chunks exist because on a weight-bandwidth-bound device (one row on a CPU, small batches on a TPU) a
     decode step costs one read of the weights however few tokens it carries: generation feeds a chosen
@@ -134,10 +138,15 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
     own = jnp.arange(C) - n_text + (0 if slot is None else slot)
     slot_ok = (jnp.arange(Ts)[None, :] <= own[:, None]) & (jnp.arange(C) >= n_text)[:, None]  # (C, Ts)
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
+    # Adapters (model.lora) act on the branch tokens only, as in training's thought streams.
+    gate = None if adapters is None else (
+        adapters.scale * (jnp.arange(C) >= n_text)).astype(dtype)[None, :, None]
+    ad = None if adapters is None else adapters.weights
 
     def body(h, xs):
-        lp, window, k_c, v_c, sk_c, sv_c = xs
-        q, k, v = qkv(cfg, lp, h, cos, sin)  # (B, C, H*, D)
+        lp, window, k_c, v_c, sk_c, sv_c, ap = xs
+        lp = with_layer_adapters(lp, ap)
+        q, k, v = qkv(cfg, lp, h, cos, sin, gate=gate)  # (B, C, H*, D)
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # (B, Hkv, C, D): the cache's layout
         if n_text:
             k_c = jax.lax.dynamic_update_slice_in_dim(k_c, k[:, :, :1].astype(k_c.dtype), text_index, axis=2)
@@ -148,18 +157,19 @@ def decode_step(params: dict, cfg: ModelConfig, x: jax.Array, position: jax.Arra
         key_ok = valid & (pos <= anchor[:, None]) & (anchor[:, None] - pos < window)
         o = _attend(q, k_c.astype(q.dtype), v_c.astype(q.dtype), key_ok, sk_c.astype(q.dtype),
                     sv_c.astype(q.dtype), slot_ok, cfg.head_dim ** -0.5)
-        h = attention_out_and_mlp(cfg, lp, h, o)
+        h = attention_out_and_mlp(cfg, lp, h, o, gate=gate)
         return constrain_batch(h), (k_c, v_c, sk_c, sv_c)
 
     layers = params["model"]["layers"]
     if isinstance(layers, (tuple, list)):  # per-layer trees (cpu_decode_params): one static body per layer
         h, outs = x, []
         for i, lp in enumerate(layers):
-            h, out = body(h, (lp, windows[i], cache.k[i], cache.v[i], cache.sk[i], cache.sv[i]))
+            ap = None if ad is None else jax.tree.map(lambda a, i=i: a[i], ad)
+            h, out = body(h, (lp, windows[i], cache.k[i], cache.v[i], cache.sk[i], cache.sv[i], ap))
             outs.append(out)
         k, v, sk, sv = (tuple(a) for a in zip(*outs))
     else:
-        h, (k, v, sk, sv) = jax.lax.scan(body, x, (layers, windows, cache.k, cache.v, cache.sk, cache.sv))
+        h, (k, v, sk, sv) = jax.lax.scan(body, x, (layers, windows, cache.k, cache.v, cache.sk, cache.sv, ad))
     hidden = rms_norm(h, params["model"]["norm"]["weight"], cfg.rms_norm_eps)
     return hidden, DecodeCache(k, v, valid, pos, sk, sv)
 

@@ -30,7 +30,7 @@ from flax import traverse_util
 from quietstar_jax.model.config import ModelConfig
 
 
-def _layer_spec(cfg: ModelConfig) -> dict:
+def layer_spec(cfg: ModelConfig) -> dict:
     """{path: (shape without layer axis, logical axes, init kind)} for one decoder layer."""
     H, I, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * D, cfg.num_key_value_heads * D
@@ -63,12 +63,25 @@ def param_spec(cfg: ModelConfig) -> dict:
     tree, its logical axes, its init and the HF name mapping are derived from."""
     V, H, nL = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
     spec = {("model", "embed_tokens", "weight"): ((V, H), ("vocab", "embed"), "normal")}
-    for path, (shape, axes, init) in _layer_spec(cfg).items():
+    for path, (shape, axes, init) in layer_spec(cfg).items():
         spec[("model", "layers") + path] = ((nL,) + shape, ("layers",) + axes, init)
     spec[("model", "norm", "weight")] = ((H,), ("norm",), "ones")
     if not cfg.tie_word_embeddings:
         spec[("lm_head", "weight")] = ((V, H), ("vocab", "embed"), "normal")
     return spec
+
+
+def path_string(path) -> str:
+    """A key path of a params tree as "a/b/c" (what config regexes over param paths match)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def paths_matching(tree, pattern: str) -> dict:
+    """The same tree with True where the leaf's path fully matches the regex `pattern`, else False."""
+    import re
+
+    pat = re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(lambda path, _: bool(pat.fullmatch(path_string(path))), tree)
 
 
 def unflatten(flat: dict) -> dict:

@@ -25,6 +25,7 @@ from flax import struct
 
 from quietstar_jax.model.attention import StreamMask, dense_stream_attention, stream_attention
 from quietstar_jax.model.config import ModelConfig
+from quietstar_jax.model.lora import StreamAdapters, low_rank_update, with_layer_adapters
 from quietstar_jax.model.numerics import acc_dtype
 from quietstar_jax.model.params import param_axes
 from quietstar_jax.model.rope import apply_rope, rope_cos_sin
@@ -69,29 +70,34 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def linear(x: jax.Array, p: dict) -> jax.Array:
+def linear(x: jax.Array, p: dict, gate: jax.Array | None = None) -> jax.Array:
     """x (..., in) @ weight (out, in)^T + bias, in x's dtype. A decoding copy may hold the weight
-    transposed as Flax's kernel (in, out) instead (model.decode.cpu_decode_params)."""
+    transposed as Flax's kernel (in, out) instead (model.decode.cpu_decode_params). With adapters
+    (lora_A / lora_B beside the weight, model.lora) and a gate, adds gate * B (A x)."""
     if "kernel" in p:
         y = jnp.einsum("...i,io->...o", x, p["kernel"].astype(x.dtype))
     else:
         y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype))
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
+    if gate is not None and "lora_A" in p:
+        y = y + low_rank_update(x, p, gate)
     return y
 
 
-def _row_linear(x: jax.Array, p: dict, layout: TrainingLayout) -> jax.Array:
+def _row_linear(x: jax.Array, p: dict, layout: TrainingLayout, gate: jax.Array | None = None) -> jax.Array:
     """linear for o_proj / down_proj, whose input features a decode layout splits over devices: there
     the partial products are summed across devices in the accumulation dtype (a float32
     reduce-scatter into the residual's layout) and rounded to x's dtype once, as the unsplit matmul
     rounds its float32 accumulator: the same numbers up to float32 summation order."""
     if not layout.row_parallel:
-        return linear(x, p)
+        return linear(x, p, gate)
     y = jnp.einsum("...i,oi->...o", x, p["weight"].astype(x.dtype), preferred_element_type=acc_dtype(x.dtype))
     y = layout.residual(y).astype(x.dtype)
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
+    if gate is not None and "lora_A" in p:
+        y = y + low_rank_update(x, p, gate)
     return y
 
 
@@ -125,34 +131,37 @@ def lm_logits(params: dict, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
                                       preferred_element_type=acc_dtype(hidden.dtype)))
 
 
-def qkv(cfg: ModelConfig, lp: dict, x: jax.Array, cos, sin, layout: TrainingLayout = TRAINING):
+def qkv(cfg: ModelConfig, lp: dict, x: jax.Array, cos, sin, layout: TrainingLayout = TRAINING,
+        gate: jax.Array | None = None):
     """A layer's input norm and q, k, v projections with RoPE: x (..., H) -> q (..., Hq, D), k, v
-    (..., Hkv, D); cos / sin broadcast against (..., D). layout: where the activations live."""
+    (..., Hkv, D); cos / sin broadcast against (..., D). layout: where the activations live. gate: where
+    the layer's adapters act (model.lora; broadcasts against (..., out))."""
     D = cfg.head_dim
     attn = lp["self_attn"]
     h = layout.group_rows(rms_norm(x, lp["input_layernorm"]["weight"], cfg.rms_norm_eps))
-    q = layout.heads(linear(h, attn["q_proj"]).reshape(*x.shape[:-1], cfg.num_attention_heads, D))
-    k = layout.heads(linear(h, attn["k_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
-    v = layout.heads(linear(h, attn["v_proj"]).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
+    q = layout.heads(linear(h, attn["q_proj"], gate).reshape(*x.shape[:-1], cfg.num_attention_heads, D))
+    k = layout.heads(linear(h, attn["k_proj"], gate).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
+    v = layout.heads(linear(h, attn["v_proj"], gate).reshape(*x.shape[:-1], cfg.num_key_value_heads, D))
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 def attention_out_and_mlp(cfg: ModelConfig, lp: dict, x: jax.Array, o: jax.Array,
-                          layout: TrainingLayout = TRAINING) -> jax.Array:
+                          layout: TrainingLayout = TRAINING, gate: jax.Array | None = None) -> jax.Array:
     """The rest of a layer after attention: x (..., H) residual, o (..., Hq, D) attention output ->
-    x + o_proj(o), then the post-attention norm and the SwiGLU MLP with its residual."""
-    x = layout.residual(x + _row_linear(o.reshape(*o.shape[:-2], -1), lp["self_attn"]["o_proj"], layout))
+    x + o_proj(o), then the post-attention norm and the SwiGLU MLP with its residual. gate: as in qkv."""
+    x = layout.residual(x + _row_linear(o.reshape(*o.shape[:-2], -1), lp["self_attn"]["o_proj"], layout, gate))
     h = layout.group_rows(rms_norm(x, lp["post_attention_layernorm"]["weight"], cfg.rms_norm_eps))
     mlp = lp["mlp"]
-    act = jax.nn.silu(layout.features(linear(h, mlp["gate_proj"]))) * layout.features(linear(h, mlp["up_proj"]))
-    return x + _row_linear(act, mlp["down_proj"], layout)
+    act = (jax.nn.silu(layout.features(linear(h, mlp["gate_proj"], gate)))
+           * layout.features(linear(h, mlp["up_proj"], gate)))
+    return x + _row_linear(act, mlp["down_proj"], layout, gate)
 
 
 def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_layer, slot,
-           layout: TrainingLayout = TRAINING):
+           layout: TrainingLayout = TRAINING, gate=None):
     """One decoder layer. x: (B, Kq, L, H). Returns (x, base_kv or updated cache layer)."""
     D = cfg.head_dim
-    q, k, v = qkv(cfg, lp, x, cos, sin, layout)
+    q, k, v = qkv(cfg, lp, x, cos, sin, layout, gate)
     if cache_layer is None:
         # All streams present: stream 0 is the base text, the rest are the diagonal keys.
         kb, vb, kd, vd = k[:, 0], v[:, 0], k[:, 1:], v[:, 1:]
@@ -165,12 +174,12 @@ def _layer(cfg: ModelConfig, mask: StreamMask, cos, sin, x, lp, window, cache_la
     attend = dense_stream_attention if cfg.attention_impl == "dense" else stream_attention
     o = attend(q, kb.astype(q.dtype), vb.astype(q.dtype), kd.astype(q.dtype), vd.astype(q.dtype), mask, window,
                D ** -0.5)
-    return attention_out_and_mlp(cfg, lp, x, o, layout), out_state
+    return attention_out_and_mlp(cfg, lp, x, o, layout, gate), out_state
 
 
 def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, mask: StreamMask,
             cache: KVCache | None = None, slot=None, return_base_kv: bool = False,
-            layout: TrainingLayout = TRAINING):
+            layout: TrainingLayout = TRAINING, adapters: StreamAdapters | None = None):
     """Runs the decoder over streams of input embeddings.
 
     x: (B, Kq, L, H) input embeddings (see `embed`; Quiet-STaR substitutes thought embeddings).
@@ -180,6 +189,8 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     layout: where activations live on the mesh (quietstar_jax.sharding.layout); a DecodeLayout expects
         `resident_weights` params. params["model"]["layers"]: stacked over layers, or a tuple of per-layer
         trees (model.decode.cpu_decode_params).
+    adapters: low-rank adapters (model.lora) applied in the query streams with index >= 1 (thoughts and
+        what follows them), never in stream 0 (the text).
     Returns hidden (B, Kq, L, H) after the final norm, plus the base (k, v) stacked over layers
     (nL, B, L, Hkv, D) if return_base_kv, or the updated KVCache in decode mode.
     """
@@ -193,10 +204,15 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
     windows = jnp.asarray(cfg.layer_windows, jnp.int32)
     layers = params["model"]["layers"]
     decode = cache is not None
+    gate = None
+    if adapters is not None:  # (1, Kq, 1, 1): scale in the thought / talk streams, 0 in the text's
+        gate = (adapters.scale * (mask.q_streams > 0)).astype(dtype)[None, :, None, None]
+    ad_weights = None if adapters is None else adapters.weights
 
     def body(carry, xs):
-        lp, window, cache_layer = xs
-        y, state = _layer(cfg, mask, cos, sin, layout.residual(carry), lp, window, cache_layer, slot, layout)
+        lp, window, cache_layer, ap = xs
+        y, state = _layer(cfg, mask, cos, sin, layout.residual(carry), with_layer_adapters(lp, ap), window,
+                          cache_layer, slot, layout, gate)
         return layout.residual(y), (state if (decode or return_base_kv) else None)
 
     # Per-layer trees (model.decode.cpu_decode_params, a prompt's prefill) run unrolled, as without scan.
@@ -206,13 +222,13 @@ def forward(params: dict, cfg: ModelConfig, x: jax.Array, positions: jax.Array, 
         body = jax.checkpoint(body, policy=_POLICIES[cfg.remat_policy], prevent_cse=not scan)
     cache_xs = (cache.base_k, cache.base_v, cache.diag_k, cache.diag_v) if decode else None
     if scan:
-        x, states = jax.lax.scan(body, x, (layers, windows, cache_xs))
+        x, states = jax.lax.scan(body, x, (layers, windows, cache_xs, ad_weights))
     else:
         outs = []
         for i in range(cfg.num_hidden_layers):
             sl = functools.partial(lambda t, i: t[i], i=i)
             lp = layers[i] if per_layer else jax.tree.map(sl, layers)
-            x, s = body(x, (lp, windows[i], jax.tree.map(sl, cache_xs)))
+            x, s = body(x, (lp, windows[i], jax.tree.map(sl, cache_xs), jax.tree.map(sl, ad_weights)))
             outs.append(s)
         states = None if outs[0] is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
     hidden = rms_norm(x, params["model"]["norm"]["weight"], cfg.rms_norm_eps)

@@ -26,6 +26,10 @@ MIXERS = ("hidden", "logit")
 POLICY_REDUCTIONS = ("mean", "sum")
 POLICY_DENOMINATORS = ("all", "valid")
 MIXING_HEAD_INITS = ("normal", "uniform")
+THOUGHT_MODES = ("sample", "pause")
+ADVANTAGE_NORMS = ("none", "batch", "group")
+MIXING_WARMUP_MODES = ("fixed", "floor")
+ADAPTER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,40 @@ class QuietStarConfig:
     # HF _init_weights); "uniform" = torch nn.Linear's default. The last layer is zero either way.
     mixing_head_init: str = "normal"
     mixing_head_last_bias: bool = False  # authors: the last layer has no bias
+    # ---- Stabilisers: opt-in departures from the authors' algorithm, each off by default (listed with
+    # their reasons in docs/algorithm.md, "Stabilisers"). The loss is lm_term + thought_term:
+    #   lm_term      = base_loss_weight * NLL_base + mix_loss_weight * NLL_mix
+    #   thought_term = policy_weight * L_policy - entropy_bonus * H + kl_coef * KL
+    # "sample": thoughts sampled from the model (authors); "pause": every thought token is <start> (no
+    # content, no sampling, no policy term): the same extra positions without a thought in them.
+    thought_mode: str = "sample"
+    # H: mean entropy of the thought tokens' sampling distributions (masked thought ids, at
+    # sample_temperature, full vocabulary), with its gradient. 0 = off.
+    entropy_bonus: float = 0.0
+    # KL: mean KL(p || p_init) of the same distributions against the initial params' (a frozen copy kept in
+    # the train state). 0 = off.
+    kl_coef: float = 0.0
+    # Advantages before the clamp: "none" (authors), "batch": divided by the std of the baselined rewards
+    # over the batch's rewarded positions, "group": by their std over the P thoughts of each position.
+    advantage_norm: str = "none"
+    # Regex over param paths ("a/b/c", e.g. "quietstar/.*"): the only params thought_term's gradient may
+    # move (the others learn from lm_term alone). "" = every param (authors).
+    policy_params: str = ""
+    # In (0, 1): thought_term's gradient is scaled down, when needed, so that its norm is at most
+    # share / (1 - share) x lm_term's (a bound on the policy's share of the update instead of trusting
+    # the fixed policy_weight). 0 = off.
+    policy_grad_max_share: float = 0.0
+    # Mixing-weight warm-up for the first mixing_warmup_steps optimizer steps: "fixed" uses w =
+    # mixing_warmup_value, "floor" uses max(w, value * (1 - step / steps)) (a floor that decays to 0).
+    mixing_warmup_steps: int = 0
+    mixing_warmup_mode: str = "fixed"
+    mixing_warmup_value: float = 1.0
+    # Thought adapters: rank-r low-rank adapters on adapter_targets of every layer, active only in the
+    # thought and talk streams (never in the text's own stream). 0 = none. Scale alpha / rank
+    # (adapter_alpha 0: alpha = rank).
+    adapter_rank: int = 0
+    adapter_alpha: float = 0.0
+    adapter_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     start_id: int = -1  # <|startofthought|>; set from the tokenizer
     end_id: int = -1  # <|endofthought|>
     # Token fed to the teacher-forced streams past the end of a row (the authors feed their pad id).
@@ -96,6 +134,26 @@ class QuietStarConfig:
         need(self.mixing_head_init in MIXING_HEAD_INITS,
              f"mixing_head_init {self.mixing_head_init!r} not in {MIXING_HEAD_INITS}")
         need(self.mixer in MIXERS, f"mixer {self.mixer!r} not in {MIXERS}")
+        need(self.thought_mode in THOUGHT_MODES, f"thought_mode {self.thought_mode!r} not in {THOUGHT_MODES}")
+        need(self.advantage_norm in ADVANTAGE_NORMS,
+             f"advantage_norm {self.advantage_norm!r} not in {ADVANTAGE_NORMS}")
+        need(self.mixing_warmup_mode in MIXING_WARMUP_MODES,
+             f"mixing_warmup_mode {self.mixing_warmup_mode!r} not in {MIXING_WARMUP_MODES}")
+        need(self.entropy_bonus >= 0 and self.kl_coef >= 0, "entropy_bonus and kl_coef must be >= 0")
+        need(0 <= self.policy_grad_max_share < 1, f"policy_grad_max_share must be in [0, 1), got "
+                                                  f"{self.policy_grad_max_share}")
+        need(self.mixing_warmup_steps >= 0, f"mixing_warmup_steps must be >= 0, got {self.mixing_warmup_steps}")
+        need(self.adapter_rank >= 0 and self.adapter_alpha >= 0, "adapter_rank and adapter_alpha must be >= 0")
+        bad = [t for t in self.adapter_target_names if t not in ADAPTER_TARGETS]
+        need(not bad and (self.adapter_target_names or not self.adapter_rank),
+             f"adapter_targets {self.adapter_targets!r}: comma-separated names from {ADAPTER_TARGETS}")
+        if self.policy_params:
+            import re
+
+            try:
+                re.compile(self.policy_params)
+            except re.error as e:
+                need(False, f"policy_params {self.policy_params!r} is not a regular expression ({e})")
         if not self.enabled:
             return
         need(self.n_ahead >= 3, f"n_ahead must be >= 3 (base, <start>, >= 0 thought tokens, <end>) or 1 "
@@ -105,6 +163,25 @@ class QuietStarConfig:
         need(self.sample_temperature > 0 and self.policy_temperature > 0, "temperatures must be > 0")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(self.embedding_scale > 0, "embedding_scale must be > 0")
+
+    @property
+    def adapter_target_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.adapter_targets.split(",") if t.strip())
+
+    @property
+    def adapter_scale(self) -> float:
+        """alpha / rank: what the adapters' low-rank product is multiplied by."""
+        return (self.adapter_alpha or self.adapter_rank) / max(self.adapter_rank, 1)
+
+    @property
+    def samples_thoughts(self) -> bool:
+        """Thoughts are drawn from the model (not fixed pause tokens) and there are some."""
+        return self.thought_mode == "sample" and self.num_thought_tokens > 0
+
+    @property
+    def routes_thought_gradient(self) -> bool:
+        """thought_term's gradient is computed apart from lm_term's (policy_params or the share bound)."""
+        return bool(self.policy_params) or self.policy_grad_max_share > 0
 
     def replace(self, **kw) -> "QuietStarConfig":
         return dataclasses.replace(self, **kw)

@@ -12,6 +12,13 @@ With the authors' reductions (every one checked against their float64 numbers, t
                denominator = R rows x the positions of the reward slice (policy_denominator "all")
     L_policy = mean over the T thought tokens of L_i (policy_reduction "mean")
 
+The opt-in stabilisers (QuietStarConfig; off by default, so the above is what runs by default) add to
+the thought side: L = lm_term + thought_term with lm_term = the two NLL terms and
+    thought_term = policy_weight * L_policy - entropy_bonus * H + kl_coef * KL
+(H, KL: mean entropy of / KL to the initial params' thought-token sampling distributions,
+quietstar.policy), normalise the advantages, warm the mixing weight up, run thought adapters, or
+replace the thoughts by pause tokens; quietstar.routing routes thought_term's gradient.
+
 Log-probs, softmaxes and losses are float32 (float64 for float64 compute). Shapes: B examples, P
 thoughts each, R = B * P rows (the P copies of an example are adjacent), L positions, V vocab, K
 streams, T = N - 3 thought tokens.
@@ -25,48 +32,17 @@ import jax.numpy as jnp
 
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
-from quietstar_jax.model.head import (head_logits, head_token_logprobs, mix_gain, mixed_head_logprobs,
-                                     token_logprobs)
+from quietstar_jax.model.head import head_logits, head_token_logprobs, mix_gain, mixed_head_logprobs, token_logprobs
 from quietstar_jax.model.transformer import embed, forward, lm_logits
 from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.adapters import thought_adapters
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight, thought_delta
+from quietstar_jax.quietstar.policy import (advantages, entropy_and_kl, head_logprobs, masked_mean,  # noqa: F401
+                                            policy_denominator, policy_from_logits, policy_logp_pairs,
+                                            policy_logprobs, thought_logits, warm_mixing_weight)
 from quietstar_jax.quietstar.sampling import sample_thoughts
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits, thought_ids_in_vocab
-
-
-def masked_mean(x, mask):
-    """sum(x over mask) / number of mask entries (1 if none)."""
-    mask = mask.astype(x.dtype)
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def head_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, targets, temperature: float = 1.0,
-                  mask_thoughts: bool = True):
-    """log softmax(lm_head(hidden) / temperature)[targets]: hidden (..., H) -> (...) float32, with the
-    thought ids' logits at -inf when mask_thoughts (sampling and the policy always; the NLL only with
-    qs.mask_thought_logits_in_nll)."""
-    masked = thought_ids_in_vocab(qs, cfg.vocab_size) if mask_thoughts else ()
-    return head_token_logprobs(params, cfg, hidden, targets, temperature, masked)
-
-
-def advantages(qs: QuietStarConfig, rewards):
-    """rewards (R, L) -> (baselined, advantages), each (R, L).
-
-    baselined = R - the mean over the P thoughts of the same position when P > 1 (the authors use no
-    baseline at all when P = 1); advantages = clamp(baselined, 0) if clamp_advantage."""
-    if qs.n_passes > 1:
-        r = rewards.reshape(-1, qs.n_passes, rewards.shape[-1])
-        rewards = (r - r.mean(axis=1, keepdims=True)).reshape(rewards.shape)
-    return rewards, (jnp.maximum(rewards, 0.0) if qs.clamp_advantage else rewards)
-
-
-def policy_denominator(qs: QuietStarConfig, segment_ids):
-    """The number each thought token's summed policy loss is divided by (a float scalar)."""
-    if qs.policy_denominator == "all":
-        R, L = segment_ids.shape
-        return jnp.float32(R) * jnp.sum(layout.reward_slice(qs, L)).astype(jnp.float32)
-    return jnp.maximum(jnp.sum(layout.reward_valid(qs, segment_ids)), 1).astype(jnp.float32)
 
 
 def plain_lm_loss(params, cfg: ModelConfig, batch):
@@ -79,64 +55,55 @@ def plain_lm_loss(params, cfg: ModelConfig, batch):
     return nll, {"loss": nll, "nll_base": nll}
 
 
-def policy_logp_pairs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts, adv):
-    """sum_{r,p} A * sum_i log p_i for P = 2 with clamped advantages, computing vocabulary logits for
-    half the rows.
-
-    With two thoughts per position the advantages are +-(R1 - R2) / 2, so after clamping at most one
-    thought per position (the better one) has A > 0 and the other contributes exactly zero loss and
-    zero gradient. Only the better thought's policy logits are computed: (B, T, L, V) instead of
-    (2B, T, L, V), which halves the largest vocabulary-sized work of the step. Same value and gradient
-    as the sum over all rows.
-    hidden (R, K, L, H), thoughts (R, L, T), adv (R, L); R = 2B, copies adjacent.
-    """
-    R, _, L, H = hidden.shape
-    T = thoughts.shape[-1]
-    h = hidden[:, 1:T + 1].reshape(R // 2, 2, T, L, H)
-    a = adv.reshape(R // 2, 2, L)
-    th = thoughts.reshape(R // 2, 2, L, T)
-    first = a[:, 0] >= a[:, 1]  # (B, L): the better thought of each pair
-    h_w = jnp.where(first[:, None, :, None], h[:, 0], h[:, 1])  # (B, T, L, H)
-    t_w = jnp.where(first[..., None], th[:, 0], th[:, 1])  # (B, L, T)
-    a_w = jnp.maximum(a[:, 0], a[:, 1])  # (B, L); the other thought's clamped advantage is 0
-    logp = head_logprobs(params, cfg, qs, jnp.moveaxis(h_w, 1, 2), t_w, qs.policy_temperature).sum(-1)  # (B, L)
-    return jnp.sum(jax.lax.stop_gradient(a_w) * logp)
+def pause_thoughts(qs: QuietStarConfig, shape) -> jax.Array:
+    """thought_mode "pause": every thought token is <start> (R, L, T): extra positions, no content."""
+    return jnp.full(tuple(shape) + (qs.num_thought_tokens,), qs.start_id, jnp.int32)
 
 
-def policy_logprobs(params, cfg: ModelConfig, qs: QuietStarConfig, hidden, thoughts):
-    """(R, L, T): log softmax(lm_head(h) / policy_temperature)[t_j] of every thought token, where token
-    j (stream j + 2) was sampled from the hidden state of stream j + 1. hidden (R, K, L, H)."""
-    T = thoughts.shape[-1]
-    return head_logprobs(params, cfg, qs, jnp.moveaxis(hidden[:, 1:T + 1], 1, 2), thoughts,
-                         qs.policy_temperature)
+def _reference_thought_logits(ref_params, cfg: ModelConfig, qs: QuietStarConfig, streams, positions, seg, T):
+    """The initial params' thought logits (R, L, T, V) for the same sampled thoughts: streams 0..T (the
+    text, <start>, the first T - 1 thought tokens) are all a thought token's distribution depends on."""
+    ref_params = jax.lax.stop_gradient(ref_params)
+    hidden = forward(ref_params, cfg, embed_with_thoughts(ref_params, cfg, qs, streams[:, :T + 1]),
+                     layout.stream_positions(qs, positions, T + 1), StreamMask.streams(seg, T + 1),
+                     adapters=thought_adapters(ref_params, qs))
+    return thought_logits(ref_params, cfg, qs, hidden, T)
 
 
 def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, thoughts=None,
-                   details: bool = False):
+                   details: bool = False, step=None, ref_params=None):
     """Total loss and metrics for one batch.
 
     batch: {"tokens", "positions", "segment_ids"}: (B, L) int32 (segment 0 = padding).
-    thoughts: optional (B * P, L, T) pre-sampled thought tokens (tests); sampled from `key` otherwise.
+    thoughts: optional (B * P, L, T) pre-sampled thought tokens (tests); sampled from `key` otherwise
+        (thought_mode "pause": always <start> tokens).
     details: also return metrics["details"], the per-position pieces (tests, debugging): hidden
         (R, K, L, H), base_logp / reward / baselined / advantage / reward_valid (R, L), and per talk step
         (M, R, L) mix_logp, mixing_weight, target_valid; policy_logp (R, L, T) for every row.
-    Returns (loss, metrics dict of float32 scalars).
+    step: the optimizer step (a traced int), for the mixing-weight warm-up; None = no warm-up.
+    ref_params: the initial params, for the KL term (needed when qs.kl_coef > 0).
+    Returns (loss, metrics dict of float32 scalars). metrics["lm_term"] + metrics["thought_term"] =
+    loss: the two parts whose gradients qs.policy_params / policy_grad_max_share route apart
+    (quietstar.routing).
     """
     if not qs.enabled:
         return plain_lm_loss(params, cfg, batch)
-    P, M, N = qs.n_passes, qs.n_ahead_talk, qs.n_ahead
+    P, M, N, T = qs.n_passes, qs.n_ahead_talk, qs.n_ahead, qs.num_thought_tokens
     rep = lambda a: jnp.repeat(a, P, axis=0)  # noqa: E731
     tokens, pos, seg = rep(batch["tokens"]), rep(batch["positions"]), rep(batch["segment_ids"])
     chex.assert_equal_shape([batch["tokens"], batch["positions"], batch["segment_ids"]])
     entropy = jnp.float32(jnp.nan)
-    if thoughts is None:
+    if qs.thought_mode == "pause":  # fixed thoughts, whatever was passed
+        thoughts, entropy = pause_thoughts(qs, tokens.shape), jnp.float32(0)
+    elif thoughts is None:
         thoughts, entropy = sample_thoughts(params, cfg, qs, tokens, pos, seg, key)
-    chex.assert_shape(thoughts, tokens.shape + (qs.num_thought_tokens,))
+    chex.assert_shape(thoughts, tokens.shape + (T,))
     thoughts = jax.lax.stop_gradient(thoughts)
     K = qs.num_streams
     streams = layout.stream_tokens(qs, tokens, thoughts)
     hidden = forward(params, cfg, embed_with_thoughts(params, cfg, qs, streams),
-                     layout.stream_positions(qs, pos), StreamMask.streams(seg, K))  # (R, K, L, H)
+                     layout.stream_positions(qs, pos), StreamMask.streams(seg, K),
+                     adapters=thought_adapters(params, qs))  # (R, K, L, H)
     nll_mask = qs.mask_thought_logits_in_nll
 
     # Base predictions: log p_base(x_{p+1}) at every position. The base stream of the P copies of an
@@ -157,7 +124,7 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
     for s in range(M):
         hb = layout.shift_left(h_base, s)  # h_base at p + s
         ht = hidden[:, N - 1 + s]
-        w = mixing_weight(head, qs, hb, ht)  # (R, L, 1)
+        w = warm_mixing_weight(qs, mixing_weight(head, qs, hb, ht), step)  # (R, L, 1)
         target = layout.shift_left(tokens, s + 1)
         zb = rep(layout.shift_left(base_logits, s))  # lm_head(h_base at p + s), float32
         # The mix is taken in float32 on the logits, whatever the compute dtype (mixing.py, "Precision").
@@ -179,28 +146,50 @@ def quietstar_loss(params, cfg: ModelConfig, qs: QuietStarConfig, batch, key, th
             steps.append((mix_lp, w[..., 0], valid_s))
     r_valid = layout.reward_valid(qs, seg)
     reward = jax.lax.stop_gradient(jnp.where(r_valid, reward, 0.0))
-    baselined, adv = advantages(qs, reward)
+    baselined, adv = advantages(qs, reward, r_valid)
 
-    T = qs.num_thought_tokens
-    if T == 0:
-        pg = jnp.zeros((), reward.dtype)
-    else:
-        if qs.clamp_advantage and P == 2:
+    extra = {}
+    zero = jnp.zeros((), reward.dtype)
+    pg = ent_term = kl_term = zero
+    if qs.samples_thoughts:
+        if qs.entropy_bonus or qs.kl_coef:
+            # The regularisers need every row's thought logits; the policy reuses them.
+            z = thought_logits(params, cfg, qs, hidden, T)  # (R, L, T, V)
+            ref_z = None
+            if qs.kl_coef:
+                if ref_params is None:
+                    raise ValueError("quietstar.kl_coef > 0 needs ref_params (the initial params)")
+                ref_z = _reference_thought_logits(ref_params, cfg, qs, streams, pos, seg, T)
+            ent, kl = entropy_and_kl(qs, z, ref_z)
+            real = (seg > 0)[..., None] & jnp.ones((T,), bool)
+            entropy = masked_mean(ent, real)
+            ent_term = entropy
+            extra["thought_entropy_train"] = entropy
+            if kl is not None:
+                kl_term = masked_mean(kl, real)
+                extra["kl"] = kl_term
+            total = policy_from_logits(qs, z, thoughts, adv)
+        elif qs.clamp_advantage and P == 2:
             total = policy_logp_pairs(params, cfg, qs, hidden, thoughts, adv)
         else:
             logp = policy_logprobs(params, cfg, qs, hidden, thoughts).sum(-1)  # (R, L)
             total = jnp.sum(jax.lax.stop_gradient(adv) * logp)
         # A = 0 outside reward_valid, so the sums above run over the rewarded positions only.
         pg = -total / policy_denominator(qs, seg) / (T if qs.policy_reduction == "mean" else 1)
-    nll = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix
-    loss = nll + qs.policy_weight * pg
+    lm_term = qs.base_loss_weight * nll_base + qs.mix_loss_weight * nll_mix
+    thought_term = qs.policy_weight * pg
+    if qs.entropy_bonus:
+        thought_term = thought_term - qs.entropy_bonus * ent_term
+    if qs.kl_coef:
+        thought_term = thought_term + qs.kl_coef * kl_term
+    loss = lm_term + thought_term
     metrics = {
-        "loss": loss, "nll": nll, "nll_base": nll_base, "nll_mix": nll_mix, "policy_loss": pg,
-        "policy_term": qs.policy_weight * pg,
+        "loss": loss, "nll": lm_term, "nll_base": nll_base, "nll_mix": nll_mix, "policy_loss": pg,
+        "policy_term": qs.policy_weight * pg, "lm_term": lm_term, "thought_term": thought_term,
         "reward_mean": masked_mean(reward, r_valid),
         "reward_std": jnp.sqrt(masked_mean((reward - masked_mean(reward, r_valid)) ** 2, r_valid)),
         "advantage_pos_frac": masked_mean((adv > 0).astype(reward.dtype), r_valid),
-        "mixing_weight": w_sum, "thought_entropy": entropy,
+        "mixing_weight": w_sum, "thought_entropy": entropy, **extra,
     }
     if details:
         metrics["details"] = {

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.model.transformer import KVCache, forward, lm_logits, resident_weights
+from quietstar_jax.quietstar.adapters import thought_adapters
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.tokens import embed_with_thoughts, mask_thought_logits
 from quietstar_jax.sharding.layout import decode_layout
@@ -113,6 +114,10 @@ def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, posit
     params = jax.lax.stop_gradient(params)
     R, L = tokens.shape
     T = qs.num_thought_tokens
+    if qs.thought_mode == "pause":  # fixed thoughts: every token is <start>, nothing is drawn
+        fixed = jnp.full((R, L, T), qs.start_id, jnp.int32)
+        return (fixed, jnp.float32(0), jnp.zeros((R, L, T, cfg.vocab_size))) if return_logits else (
+            fixed, jnp.float32(0))
     if T == 0:
         empty = jnp.zeros((R, L, 0), jnp.int32)
         return (empty, jnp.float32(0), jnp.zeros((R, L, 0, cfg.vocab_size))) if return_logits else (
@@ -123,6 +128,7 @@ def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, posit
     _, base_kv = forward(params, cfg, x, positions[:, None], StreamMask.causal(segment_ids),
                          return_base_kv=True, layout=layout)
     cache = KVCache.create(base_kv, T, layout)
+    adapters = thought_adapters(params, qs)  # the thought streams run the thought adapters, if any
     mask = StreamMask(segment_ids, jnp.zeros((1,), jnp.int32), jnp.arange(1, T + 1, dtype=jnp.int32))
 
     def step(carry, i):
@@ -132,7 +138,7 @@ def sample_thoughts(params, cfg: ModelConfig, qs: QuietStarConfig, tokens, posit
         h, cache = forward(params, cfg, embed_with_thoughts(params, cfg, qs, inp)[:, None],
                            (positions + i + 1)[:, None],
                            StreamMask(mask.segment_ids, jnp.full((1,), i + 1, jnp.int32), mask.kv_streams),
-                           cache=cache, slot=i, layout=layout)
+                           cache=cache, slot=i, layout=layout, adapters=adapters)
         raw = lm_logits(params, cfg, h[:, 0])  # (R, L, V)
         tok, ent = sample_inverse_cdf(sampling_logits(raw, qs), sampling_uniforms(key, i, (R, L)))
         return (cache, tok), (tok, jnp.mean(ent), raw if return_logits else None)

@@ -29,6 +29,7 @@ DEFAULT_RULES = (
     ("mlp", "tensor"),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),  # the rank of thought adapters (model.lora): small, replicated
 )
 
 

@@ -67,7 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0,
         # {regex over "a/b/c" param paths: lr factor}; the thought embeddings already get x
         # quietstar.embedding_scale through their storage scale (the reference's trick).
-        lr_multipliers={}))
+        lr_multipliers={},
+        # Regex over param paths: only these are trained, the rest frozen with no optimizer state ("" = all;
+        # e.g. "quietstar/.*" trains the thought adapters, thought embeddings and mixing head only).
+        trainable=""))
     c.nan_policy = "skip"  # non-finite loss/grads: skip the update (params untouched) or stop the run
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from quietstar_jax.errors import ConfigError
+from quietstar_jax.model.params import path_string
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -37,16 +38,12 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def lr_multiplier_tree(params, multipliers: dict):
     """{regex on "a/b/c" param paths: factor} -> a tree of float factors (first full match wins; 1.0)."""
     pats = [(re.compile(p), float(f)) for p, f in dict(multipliers).items()]
 
     def factor(path, _):
-        s = _path_str(path)
+        s = path_string(path)
         for pat, f in pats:
             if pat.fullmatch(s):
                 return f
@@ -66,7 +63,25 @@ def scale_by_tree(factors) -> optax.GradientTransformation:
 
 
 def make_optimizer(opt_cfg, params_shape, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The full transformation and its schedule. params_shape: the params tree (arrays or shapes)."""
+    """The full transformation and its schedule. params_shape: the params tree (arrays or shapes).
+
+    opt_cfg.trainable (a regex over param paths, "" = all): only the matching params are trained
+    (clipping, AdamW, multipliers over them alone); the others are frozen and hold no optimizer state
+    (optax.multi_transform with set_to_zero)."""
+    trainable = str(opt_cfg.get("trainable", "") or "")
+    if trainable:
+        from quietstar_jax.model.params import paths_matching
+
+        train = paths_matching(params_shape, trainable)
+        if not any(jax.tree.leaves(train)):
+            raise ConfigError(f"optimizer.trainable: {trainable!r} matches no parameter")
+        inner, sched = _make_optimizer(opt_cfg, params_shape, total_steps)
+        labels = jax.tree.map(lambda t: "train" if t else "frozen", train)
+        return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels), sched
+    return _make_optimizer(opt_cfg, params_shape, total_steps)
+
+
+def _make_optimizer(opt_cfg, params_shape, total_steps: int):
     sched = make_schedule(opt_cfg, total_steps)
     parts = []
     if opt_cfg.clip_norm and opt_cfg.clip_norm > 0:
@@ -75,7 +90,7 @@ def make_optimizer(opt_cfg, params_shape, total_steps: int) -> tuple[optax.Gradi
                              weight_decay=float(opt_cfg.weight_decay)))
     mult = dict(opt_cfg.lr_multipliers or {})
     if mult:
-        paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_shape)[0]]
+        paths = [path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params_shape)[0]]
         missing = [p for p in mult if not any(re.fullmatch(p, s) for s in paths)]
         if missing:
             raise ConfigError(f"optimizer.lr_multipliers: patterns {missing} match no parameter (paths look like "

@@ -30,8 +30,8 @@ from quietstar_jax.sharding import batch_sharding, make_mesh, under_mesh
 from quietstar_jax.training import config as config_lib
 from quietstar_jax.training import multihost
 from quietstar_jax.training.optimizer import make_optimizer
-from quietstar_jax.training.state import (abstract_state, init_state, init_state_from_params, place_params,
-                                          random_params_fn, state_shardings)
+from quietstar_jax.training.state import (abstract_state, init_state, init_state_from_params, keeps_reference,
+                                          place_params, random_params_fn, state_shardings)
 from quietstar_jax.training.step import make_train_step
 
 BATCH_KEYS = ("tokens", "positions", "segment_ids")
@@ -176,7 +176,13 @@ def build_setup(config, cfg: ModelConfig, qs: QuietStarConfig, init_ids, mesh=No
         tx, sched = make_optimizer(config.optimizer, params_shape, config.steps)
     else:
         sched = optax.constant_schedule(jnp.nan)
-    abstract = abstract_state(params_shape, tx)
+    abstract = abstract_state(params_shape, tx, with_reference=keeps_reference(qs))
+    if qs.enabled and qs.policy_params:
+        from quietstar_jax.model.params import paths_matching
+
+        if not any(jax.tree.leaves(paths_matching(params_shape, qs.policy_params))):
+            raise ConfigError(f"config.quietstar.policy_params: {qs.policy_params!r} matches no parameter (paths "
+                              "look like 'model/layers/mlp/up_proj/weight', 'quietstar/talk_head/0/weight')")
     sh = state_shardings(cfg, qs, tx, abstract, mesh)
     b_sh = batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())

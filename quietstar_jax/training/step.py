@@ -1,6 +1,7 @@
 """The train step: micro-batch scan (gradient accumulation), optax update, non-finite guard.
 
-State is a plain dict {"step": int32 scalar, "params": tree, "opt_state": optax state}. The RNG of a
+State is a plain dict {"step": int32 scalar, "params": tree, "opt_state": optax state}, plus
+"ref_params" (the initial params, never updated) when the KL stabiliser needs them. The RNG of a
 step is fold_in(base_key, step) and micro-batch i uses fold_in(that, i), so a step's result depends
 only on (state, batch) and resume is exact.
 """
@@ -14,6 +15,7 @@ import optax
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.objective import quietstar_loss
+from quietstar_jax.quietstar.routing import routed_value_and_grad
 
 
 def split_microbatches(batch: dict, n: int) -> dict:
@@ -36,12 +38,15 @@ def make_train_step(cfg: ModelConfig, qs: QuietStarConfig, tx: optax.GradientTra
                     grad_accum_steps: int = 1):
     """Returns step(state, batch, base_key) -> (new_state, metrics). batch: (B, L) int32 arrays."""
 
-    def loss_and_grad(params, batch, key):
-        return jax.value_and_grad(lambda p: quietstar_loss(p, cfg, qs, batch, key), has_aux=True)(params)
-
     def step(state, batch, base_key):
         params = state["params"]
         key = jax.random.fold_in(base_key, state["step"])
+        ref = state.get("ref_params")  # the initial params, kept for the KL stabiliser
+
+        def loss_and_grad(params, batch, key):
+            return routed_value_and_grad(
+                lambda p: quietstar_loss(p, cfg, qs, batch, key, step=state["step"], ref_params=ref), qs, params)
+
         if grad_accum_steps == 1:
             (_, metrics), grads = loss_and_grad(params, batch, key)
         else:
@@ -70,7 +75,7 @@ def make_train_step(cfg: ModelConfig, qs: QuietStarConfig, tx: optax.GradientTra
             # Non-finite step: keep params and optimizer state exactly as they were (the step counter still
             # advances, so the data stream moves past the bad batch).
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_state = {"step": state["step"] + 1, "params": keep(new_params, params),
+            new_state = {**state, "step": state["step"] + 1, "params": keep(new_params, params),
                          "opt_state": keep(new_opt, state["opt_state"])}
         metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state["step"]),
                        finite=finite.astype(jnp.float32))
