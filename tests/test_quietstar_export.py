@@ -145,6 +145,34 @@ def test_round_trip_is_bit_exact(tmp_path, tied, mode):
         assert sorted(a) == sorted(b) and all(a[n].tobytes() == b[n].tobytes() for n in a), fn
 
 
+def test_thought_adapters_round_trip_bit_exact(tmp_path):
+    """Thought adapters travel in the sidecar under PEFT-style per-layer names and load back exactly;
+    the backbone files are those of the same model without adapters (stock HF loads the base model)."""
+    from safetensors.numpy import load_file
+
+    cfg, params, qs = make(False, "outside")
+    qs = qs.replace(adapter_rank=3, adapter_targets="q_proj,down_proj")
+    rng = np.random.RandomState(4)
+    nL, H, I = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+    params["quietstar"]["adapters"] = {
+        "self_attn": {"q_proj": {"lora_A": rng.randn(nL, 3, H).astype(np.float32),
+                                 "lora_B": rng.randn(nL, cfg.num_attention_heads * cfg.head_dim, 3).astype(np.float32)}},
+        "mlp": {"down_proj": {"lora_A": rng.randn(nL, 3, I).astype(np.float32),
+                              "lora_B": rng.randn(nL, H, 3).astype(np.float32)}}}
+    out = save_quietstar_hf(str(tmp_path / "out"), cfg, params, qs, dtype="float32")
+    side = load_file(os.path.join(out, SIDECAR_NAME))
+    assert side["adapters.layers.1.mlp.down_proj.lora_B.weight"].shape == (H, 3)
+    assert len([n for n in side if n.startswith("adapters.")]) == 2 * 2 * nL
+    cfg2, params2, qs2, _ = load_quietstar_hf(out)
+    assert qs2 == qs
+    assert_trees_bit_equal(params2, params)
+    del side["adapters.layers.0.self_attn.q_proj.lora_A.weight"]
+    from safetensors.numpy import save_file
+    save_file(side, os.path.join(out, SIDECAR_NAME))
+    with pytest.raises(CheckpointMismatchError, match="missing tensors: adapters.layers.0.self_attn.q_proj.lora_A"):
+        load_quietstar_hf(out)
+
+
 # ----------------------------------------------------------------------------- stock transformers
 
 

@@ -13,6 +13,8 @@ Folder layout (a standard HF folder; stock ``AutoModelForCausalLM.from_pretraine
         thought_embeddings (2, H)      raw: [start; end], stored / embedding_scale (as in our params)
         original_rows.model.embed_tokens.weight (n, H)   only if thought ids are inside the table:
         original_rows.lm_head.weight (n, H)              the rows the export overwrote (untied only)
+        adapters.layers.{i}.{self_attn|mlp}.{proj}.lora_A.weight (r, in)   thought adapters (adapter_rank
+        adapters.layers.{i}.{self_attn|mlp}.{proj}.lora_B.weight (out, r)  r > 0 only; PEFT's names)
     quietstar_config.json          QuietStarConfig fields, token strings, original/exported vocab size
     generation_config.json         with ``suppress_tokens`` = [start_id, end_id]
     tokenizer files                if a tokenizer was given (with the two special tokens)
@@ -117,6 +119,40 @@ def _head_spec(H: int, last_bias: bool) -> dict[str, tuple[int, ...]]:
     if last_bias:
         spec[LAST_BIAS] = (1,)
     return spec
+
+
+def _adapter_spec(cfg: ModelConfig, qs: QuietStarConfig) -> dict[str, tuple[int, ...]]:
+    """{sidecar name: per-layer shape} of the thought adapters (none without adapter_rank)."""
+    if not qs.adapter_rank:
+        return {}
+    from quietstar_jax.model.lora import adapter_spec
+
+    out = {}
+    for (mod, t, ab), (shape, _) in adapter_spec(cfg, qs.adapter_rank, qs.adapter_target_names).items():
+        for i in range(cfg.num_hidden_layers):
+            out[f"adapters.layers.{i}.{mod}.{t}.{ab}.weight"] = shape[1:]
+    return out
+
+
+def _adapters_to_sidecar(adapters: dict) -> dict:
+    """Stacked adapter tree -> {sidecar name: (r, in) / (out, r) float32 array per layer}."""
+    out = {}
+    for mod, targets in adapters.items():
+        for t, ab in targets.items():
+            for name, stacked in ab.items():
+                for i in range(stacked.shape[0]):
+                    out[f"adapters.layers.{i}.{mod}.{t}.{name}.weight"] = stacked[i]
+    return out
+
+
+def _adapters_from_sidecar(cfg: ModelConfig, qs: QuietStarConfig, side: dict) -> dict:
+    from quietstar_jax.model.lora import adapter_spec
+
+    tree: dict = {}
+    for (mod, t, ab) in adapter_spec(cfg, qs.adapter_rank, qs.adapter_target_names):
+        layers = [side[f"adapters.layers.{i}.{mod}.{t}.{ab}.weight"] for i in range(cfg.num_hidden_layers)]
+        tree.setdefault(mod, {}).setdefault(t, {})[ab] = np.stack(layers)
+    return tree
 
 
 def _check_quietstar_params(cfg: ModelConfig, params: dict, qs: QuietStarConfig) -> None:
@@ -247,7 +283,8 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
     cfg1 = cfg.replace(vocab_size=V1)
 
     # ---- sidecar (small: gathered to every host, written by process 0)
-    side_src = {"thought_embeddings": q["thought_embeddings"], "head": q["talk_head"], "orig": orig}
+    side_src = {"thought_embeddings": q["thought_embeddings"], "head": q["talk_head"], "orig": orig,
+                "adapters": q.get("adapters", {}) if qs.adapter_rank else {}}
     side_host = gather_to_host(side_src)
     if jax.process_index() != 0:
         save_hf_folder(folder, cfg1, out_params, dtype=dtype, max_shard_bytes=max_shard_bytes,
@@ -259,6 +296,7 @@ def save_quietstar_hf(folder: str, cfg: ModelConfig, params: dict, qs: QuietStar
         layer, kind = name.split(".")[2], name.split(".")[3]
         sidecar[name] = side_host["head"][layer][kind]
     sidecar.update(side_host["orig"])
+    sidecar.update(_adapters_to_sidecar(side_host["adapters"]))
     sidecar = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in sidecar.items()}
 
     meta = {
@@ -338,8 +376,9 @@ def _read_meta(folder: str) -> dict:
     return meta
 
 
-def _check_sidecar(path: str, tensors: dict, H: int, inside: list[int], tied: bool, last_bias: bool) -> None:
-    expected = dict(_head_spec(H, last_bias))
+def _check_sidecar(path: str, tensors: dict, H: int, inside: list[int], tied: bool, last_bias: bool,
+                   adapters: dict | None = None) -> None:
+    expected = dict(_head_spec(H, last_bias), **(adapters or {}))
     expected["thought_embeddings"] = (2, H)
     if inside:
         expected[EMBED_ROWS] = (len(inside), H)
@@ -406,7 +445,8 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
     H = cfg1.hidden_size
     if "mixing_head_last_bias" not in meta["quietstar"]:  # written before the field existed
         qs = qs.replace(mixing_head_last_bias=LAST_BIAS in side)
-    _check_sidecar(side_path, side, H, inside, cfg1.tie_word_embeddings, qs.mixing_head_last_bias)
+    _check_sidecar(side_path, side, H, inside, cfg1.tie_word_embeddings, qs.mixing_head_last_bias,
+                   _adapter_spec(cfg1, qs))
     side = {k: np.asarray(v, np.float32) for k, v in side.items()}
     te = side["thought_embeddings"]
 
@@ -430,6 +470,8 @@ def load_quietstar_hf(folder: str, **runtime) -> tuple[ModelConfig, dict, QuietS
         layer, kind = name.split(".")[2], name.split(".")[3]
         talk.setdefault(layer, {})[kind] = side[name]
     params["quietstar"] = {"thought_embeddings": te, "talk_head": talk}
+    if qs.adapter_rank:
+        params["quietstar"]["adapters"] = _adapters_from_sidecar(cfg1, qs, side)
     raw = dict(raw)
     raw["vocab_size"] = V0
     return cfg1.replace(vocab_size=V0), params, qs, raw

