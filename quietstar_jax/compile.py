@@ -3,7 +3,7 @@ how fast would it run?
 
     python -m quietstar_jax.compile --config=configs/tpu_v4.py                 # the config's slice
     python -m quietstar_jax.compile --config=configs/tpu_v4.py --topology=v4:2x2x4 --config.mesh.fsdp=16
-    python -m quietstar_jax.compile --config=configs/tpu_v4.py --program=generate --batch=8 \
+    python -m quietstar_jax.compile --config=configs/tpu_v4.py --program=generate --batch=8 \\
         --prompt_len=256 --max_new_tokens=256          # generation with thinking instead of training
 
 Compiles the real train step with libtpu's compile-only client (quietstar_jax.tpu.aot) and prints
@@ -104,8 +104,10 @@ def main(argv=None):
     from ml_collections import config_flags
 
     def define_flags():
-        config_flags.DEFINE_config_file("config", None, "config file (configs/*.py with get_config())",
-                                        lock_config=True)
+        config_flags.DEFINE_config_file(
+            "config", None, "required: the config to compile, a Python file whose get_config() returns it "
+            "(configs/*.py); --config.FIELD=VALUE sets any field (fields: quietstar_jax/training/config.py, "
+            "docs/algorithm.md)", lock_config=True)
         flags.DEFINE_string("topology", None, "TPU slice, e.g. v4:2x2x2 or v4-16 (default: the config's "
                                               "tpu_topology field)")
         flags.DEFINE_float("mfu", 0.4, "assumed model FLOP utilisation for the step-time estimate")
@@ -132,7 +134,9 @@ def main(argv=None):
             return run_generate(c, topology, FLAGS.batch, FLAGS.prompt_len, FLAGS.max_new_tokens, FLAGS.think)
         return run(c, topology, FLAGS.mfu, FLAGS.min_headroom_gib, FLAGS.flops, FLAGS.dump_hlo)
 
-    cli.run(_main, argv, define_flags=define_flags)
+    cli.run(_main, argv, define_flags=define_flags,
+            usage="python -m quietstar_jax.compile --config=FILE [--config.FIELD=VALUE ...] [--topology=NAME] "
+                  "[--program=train|generate] [--flag=VALUE ...]")
 
 
 if __name__ == "__main__":

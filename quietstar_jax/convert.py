@@ -1,5 +1,9 @@
 """Checkpoint conversion between HF folders and our params checkpoints.
 
+Commands:
+  hf_to_jax   an HF folder (config.json + safetensors) -> an orbax params checkpoint
+  jax_to_hf   a params checkpoint -> an HF folder that stock transformers loads
+
     python -m quietstar_jax.convert hf_to_jax --src=/path/hf_model --dst=/path/params_ckpt
     python -m quietstar_jax.convert jax_to_hf --src=/path/params_ckpt --dst=/path/hf_out --dtype=bfloat16
     python -m quietstar_jax.convert jax_to_hf --quietstar --src=/path/params_ckpt --dst=/path/hf_out
@@ -23,18 +27,20 @@ from absl import flags
 
 from quietstar_jax import cli
 from quietstar_jax.errors import CheckpointMismatchError, PathNotFoundError
-from quietstar_jax.hf.io import load_hf_folder, save_hf_folder
-from quietstar_jax.training.params_ckpt import load_params, save_params
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "source folder")
-flags.DEFINE_string("dst", None, "destination folder")
-flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16", "float16"], "export dtype (jax_to_hf)")
-flags.DEFINE_integer("max_shard_mb", 5000, "safetensors shard size in MB (jax_to_hf)")
-flags.DEFINE_bool("quietstar", False, "include the thought embeddings + mixing head (see module docstring)")
+
+
+def define_flags() -> None:
+    # Defined when the command runs, not at import: importing the conversion functions defines no flags.
+    flags.DEFINE_string("src", None, "source folder")
+    flags.DEFINE_string("dst", None, "destination folder")
+    flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16", "float16"], "export dtype (jax_to_hf)")
+    flags.DEFINE_integer("max_shard_mb", 5000, "safetensors shard size in MB (jax_to_hf)")
+    flags.DEFINE_bool("quietstar", False, "include the thought embeddings + mixing head (see above)")
 
 
 def tokenizer_files(folder: str) -> dict[str, str]:
@@ -42,6 +48,10 @@ def tokenizer_files(folder: str) -> dict[str, str]:
 
 
 def hf_to_jax(src: str, dst: str, quietstar: bool = False) -> str:
+    # (jax / orbax / transformers are imported where they are used: --help stays instant)
+    from quietstar_jax.hf.io import load_hf_folder
+    from quietstar_jax.training.params_ckpt import save_params
+
     if quietstar:
         from quietstar_jax.hf.quietstar_export import load_quietstar_hf, quietstar_config_to_dict
 
@@ -58,6 +68,9 @@ def hf_to_jax(src: str, dst: str, quietstar: bool = False) -> str:
 
 def jax_to_hf(src: str, dst: str, dtype: str = "bfloat16", max_shard_mb: int = 5000,
               quietstar: bool = False) -> str:
+    from quietstar_jax.hf.io import save_hf_folder
+    from quietstar_jax.training.params_ckpt import load_params
+
     cfg, params, raw = load_params(src)
     if quietstar:
         return _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw)
@@ -84,14 +97,14 @@ def _jax_to_hf_quietstar(src, dst, dtype, max_shard_mb, cfg, params, raw) -> str
                              max_shard_bytes=max_shard_mb * 2**20, extra_files=files)
 
 
-USAGE = "usage: python -m quietstar_jax.convert {hf_to_jax|jax_to_hf} --src=DIR --dst=DIR [--quietstar] [--dtype=...]"
+USAGE = "python -m quietstar_jax.convert {hf_to_jax|jax_to_hf} --src=DIR --dst=DIR [--quietstar] [--dtype=...]"
 
 
 def main(argv) -> int:
     if len(argv) != 2 or argv[1] not in ("hf_to_jax", "jax_to_hf"):
-        cli.fail(USAGE)
+        cli.fail(f"usage: {USAGE} (--help explains)")
     if not FLAGS.src or not FLAGS.dst:
-        cli.fail(f"--src and --dst are required; {USAGE}")
+        cli.fail(f"--src and --dst are required; usage: {USAGE}")
     if not FLAGS.src.startswith("gs://") and not os.path.exists(FLAGS.src):
         raise PathNotFoundError(f"--src={FLAGS.src} does not exist")
     if argv[1] == "hf_to_jax":
@@ -103,4 +116,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, define_flags=define_flags, usage=USAGE)

@@ -27,6 +27,7 @@ from quietstar_jax import cli
 from quietstar_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
+USAGE = "python -m quietstar_jax.eval --model=DIR --task=gsm8k|csqa [--data=FILE] [--flag=VALUE ...]"
 
 
 def define_flags() -> None:
@@ -140,4 +141,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main, define_flags=define_flags)
+    cli.run(main, define_flags=define_flags, usage=USAGE)

@@ -25,6 +25,7 @@ from quietstar_jax import cli
 from quietstar_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
+USAGE = "python -m quietstar_jax.generate --model=DIR (--prompt=TEXT | --score_text=TEXT) [--flag=VALUE ...]"
 
 
 def define_flags() -> None:
@@ -196,4 +197,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main, define_flags=define_flags)
+    cli.run(main, define_flags=define_flags, usage=USAGE)

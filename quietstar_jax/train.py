@@ -22,11 +22,18 @@ from quietstar_jax import cli
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                "default.py")
 FLAGS = flags.FLAGS
+USAGE = "python -m quietstar_jax.train [--config=FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--debug]"
 
 
 def define_flags() -> None:
-    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "config file (configs/*.py with get_config())",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG,
+        "the run's config: a Python file whose get_config() returns it (configs/*.py; the default is the CPU "
+        "run of SmolLM2-135M-Instruct). Any field can then be set with --config.FIELD=VALUE, e.g. "
+        "--config.steps=24 --config.quietstar.n_ahead=8 --config.model.path=/data/model; an unknown field is an "
+        "error. The fields are defined, with comments, in quietstar_jax/training/config.py; the Quiet-STaR ones "
+        "are documented in docs/algorithm.md; --helpfull lists every field with its default",
+        lock_config=True)
     flags.DEFINE_string("workdir", None, "output directory (local absolute/relative path or gs://); "
                                          "default: /tmp/quietstar_jax/<run_name>")
 
@@ -55,4 +62,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main, define_flags=define_flags)
+    cli.run(main, define_flags=define_flags, usage=USAGE)

@@ -2,6 +2,7 @@
 re-running a finished run, the progress line, utilisation that cannot pass 100%, the end-of-run
 summary."""
 
+import ast
 import concurrent.futures
 import gc
 import json
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import pytest
 from cli_runs import assert_one_error_line, run_cli
 
+from quietstar_jax.cli import one_line
 from quietstar_jax.errors import CheckpointCorruptError, ConfigError
 from quietstar_jax.training.flops import Peak, device_peak
 from quietstar_jax.training.logger import Logger
@@ -31,7 +33,12 @@ def _cli(args):
 BAD_INPUTS = [  # (command line, text the one error line must contain)
     (["quietstar_jax.train", "--config.stpes=3"], "--config.stpes: no such config field (did you mean 'steps'?)"),
     (["quietstar_jax.train", "--config=configs/nope.py"], "--config=configs/nope.py: no such config file"),
-    (["quietstar_jax.train", "--config.steps=abc"], "flag --config.steps=abc: invalid literal"),
+    # The message's own closing quote stays (absl's message ends with the value in quotes).
+    (["quietstar_jax.train", "--config.steps=abc"], "flag --config.steps=abc: invalid literal for int() with base "
+                                                    "10: 'abc'"),
+    (["quietstar_jax.generate", "--max_new_token=3"],
+     "--max_new_token: no such flag (did you mean --max_new_tokens?); --help lists the flags"),
+    (["quietstar_jax.eval", "--helpp"], "--helpp: no such flag (did you mean --help?)"),
     (["quietstar_jax.train", "--config.model.path=/data/my-model"],
      "config.model.path: is set ('/data/my-model') but model.source is 'smollm2'"),
     (["quietstar_jax.train", f"--config={TINY}", "--config.quietstar.n_ahead=2"], "n_ahead must be >= 3"),
@@ -52,6 +59,76 @@ def test_every_bad_input_is_one_line_and_exit_status_2():
         results = list(pool.map(lambda row: _cli(row[0]), BAD_INPUTS))
     for (args, want), out in zip(BAD_INPUTS, results):
         assert_one_error_line(out.returncode, out.stderr, want, args)
+
+
+def test_one_line_keeps_the_quotes_that_belong_to_the_message():
+    assert one_line("Unknown command line flag 'helpp'") == "Unknown command line flag 'helpp'"
+    assert one_line("invalid literal for int() with base 10: 'abc'") == "invalid literal for int() with base 10: 'abc'"
+    assert one_line(str(KeyError("stpes"))) == "stpes"  # a quoted string: its quotes go
+    assert one_line("'a' is not 'b'") == "'a' is not 'b'"
+    assert one_line("first\n  second") == "first; second"
+
+
+# ----------------------------------------------------------------------------- --help
+COMMANDS = ("train", "generate", "eval", "compile", "convert")
+
+
+def _declared_flags(command: str) -> dict:
+    """{name: help text} of every flag the command's source defines (flags.DEFINE_*, config_flags)."""
+    tree = ast.parse(open(os.path.join(REPO, "quietstar_jax", f"{command}.py")).read())
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "").startswith("DEFINE_"):
+            kw = {k.arg: k.value for k in node.keywords}
+            position = 3 if node.func.attr == "DEFINE_enum" else 2  # name, default, [enum values,] help
+            help_node = kw.get("help", node.args[position] if len(node.args) > position else None)
+            found[ast.literal_eval(node.args[0])] = ast.literal_eval(help_node)
+    return found
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+# (command, help flag, what the output must also hold). Both help flags on every command, absl's other
+# spellings once each, and help winning over a bad override on the same command line.
+HELP_RUNS = [(c, h, ()) for c in COMMANDS for h in ("--help", "--helpfull")] + [
+    ("generate", "-h", ()), ("eval", "--helpshort", ()), ("convert", "-?", ()),
+    ("train", "--config.stpes=3 --help", ()), ("convert", "sideways --help", ())]
+MUST_SHOW = {  # per command, in both helps
+    "train": ("--config.FIELD=VALUE", "quietstar_jax/training/config.py", "docs/algorithm.md",
+              "(default: '" + os.path.join(REPO, "configs", "default.py") + "')"),
+    "convert": ("{hf_to_jax|jax_to_hf}", "hf_to_jax   an HF folder", "jax_to_hf   a params checkpoint"),
+    "compile": ("--config.FIELD=VALUE",),
+}
+FULL_ONLY = {  # per command, in --helpfull only
+    "train": ("flags of absl.logging:", "-v, --verbosity:", "config fields of --config", "quietstar.n_ahead = 6",
+              "steps = 12", "optimizer.lr_multipliers = {}"),
+    "compile": ("flags of absl.logging:",),
+}
+
+
+@pytest.mark.e2e
+def test_help_on_every_command_lists_every_flag_and_exits_0():
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda r: _cli([f"quietstar_jax.{r[0]}", *r[1].split()]), HELP_RUNS))
+    for (command, how, _), out in zip(HELP_RUNS, results):
+        context = (command, how, out.stdout[-3000:], out.stderr[-2000:])
+        assert out.returncode == 0 and "error" not in out.stderr and "Traceback" not in out.stderr, context
+        assert out.stdout.startswith(f"usage: python -m quietstar_jax.{command} "), context
+        text = _words(out.stdout)
+        declared = _declared_flags(command)
+        assert declared, command
+        for name, help_text in declared.items():
+            assert f"--{name}: " in out.stdout or f"--[no]{name}: " in out.stdout, (name, context)
+            assert _words(help_text) in text, (name, help_text, context)
+        assert "--debug:" in out.stdout and "--helpfull" in out.stdout, context
+        for want in MUST_SHOW.get(command, ()):
+            assert _words(want) in text, (want, context)
+        full = how.endswith("--helpfull")
+        for want in FULL_ONLY.get(command, ()):
+            assert (_words(want) in text) == full, (want, full, context)
+        assert ("run_with_pdb" in out.stdout) is False, context  # absl.app's flags do nothing here
 
 
 @pytest.mark.e2e
