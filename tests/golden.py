@@ -39,6 +39,16 @@ def golden_root() -> str:
     return os.environ.get("QUIETSTAR_GOLDEN_DIR") or FIXTURE_DIR
 
 
+def no_case_message(root: str) -> str | None:
+    """None when `root` holds a case; else one line naming the folder and what to do."""
+    if case_names(root):
+        return None
+    what = "does not exist" if not os.path.isdir(root) else "holds no case (a folder with case.json)"
+    fix = ("set QUIETSTAR_GOLDEN_DIR to a folder of cases, or unset it to use the repository's fixture"
+           if os.environ.get("QUIETSTAR_GOLDEN_DIR") else "restore tests/fixtures/reference_golden from git")
+    return f"no golden case: {root} {what}; {fix}"
+
+
 def case_names(root: str | None = None) -> list[str]:
     root = root or golden_root()
     if not os.path.isdir(root):
@@ -74,17 +84,19 @@ class Case:
         raw = dict(self.case["config"], model_type="mistral")
         return ModelConfig.from_hf_dict(raw, dtype=dtype)
 
-    def quietstar_config(self, **overrides) -> QuietStarConfig:
+    def case_settings(self) -> dict:
+        """The QuietStarConfig fields the case sets: the authors' hyper-parameters and token ids it ran with."""
         q, tk = self.case["quietstar"], self.case["tokens"]
         w0, beta = q["original_loss_weight"], q["base_loss_beta"]
-        kw = dict(
+        return dict(
             n_ahead=self.N, n_ahead_talk=self.M, n_passes=self.P,
             sample_temperature=float(q["gumbel_temperature"]), policy_temperature=float(q["reinforce_temperature"]),
             base_loss_weight=w0 * beta, mix_loss_weight=(1 - w0) * beta, policy_weight=q["policy_loss_beta"],
             clamp_advantage=bool(q["remove_negative_rewards"]), embedding_scale=q["embedding_scale"],
             start_id=tk["start_thought_id"], end_id=tk["end_thought_id"], pad_id=tk["pad_id"])
-        kw.update(overrides)
-        return QuietStarConfig(**kw)
+
+    def quietstar_config(self, **overrides) -> QuietStarConfig:
+        return QuietStarConfig(**{**self.case_settings(), **overrides})
 
     def params(self, cfg: ModelConfig, dtype=np.float64) -> dict:
         """Our param tree from the fixture's weights (stored float32, exact in float64)."""

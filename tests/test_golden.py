@@ -16,6 +16,12 @@ Tolerances (both sides float64):
     that cancel: |ours - theirs| <= 1e-9 * (sqrt(sumsq) * sqrt(size)), the scale of the terms summed.
 """
 
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+
 import golden
 import jax
 import jax.numpy as jnp
@@ -25,11 +31,19 @@ import pytest
 from quietstar_jax.model.attention import StreamMask
 from quietstar_jax.model.rope import rope_cos_sin
 from quietstar_jax.quietstar import layout
+from quietstar_jax.quietstar.config import QuietStarConfig
 from quietstar_jax.quietstar.mixing import mixing_weight
 from quietstar_jax.quietstar.objective import head_logprobs, quietstar_loss
+from quietstar_jax.quietstar.routing import routed_value_and_grad
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = golden.case_names()
 REL = 1e-9
+# The comparison with the authors' numbers must not vanish as a row of skips: a golden folder without a case
+# is a collection error of this module, one line naming the folder.
+if not CASES:
+    pytest.fail(golden.no_case_message(golden.golden_root()), pytrace=False)
 
 
 def _close_rel(name, ours, theirs, rel=REL):
@@ -54,10 +68,14 @@ def run_case(case: golden.Case, **qs_overrides):
     batch = {k: jnp.asarray(v) for k, v in case.batch().items()}
     thoughts = jnp.asarray(case.thoughts())
 
+    # As the train step computes its first step (training/step.py): the step counter at 0, the case's params
+    # as the initial params (ref_params), the gradient through routed_value_and_grad (jax.value_and_grad
+    # unless a config field routes the policy's gradient).
     def f(p):
-        return quietstar_loss(p, cfg, qs, batch, jax.random.key(0), thoughts=thoughts, details=True)
+        return quietstar_loss(p, cfg, qs, batch, jax.random.key(0), thoughts=thoughts, details=True,
+                              step=jnp.int32(0), ref_params=params)
 
-    (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+    (loss, metrics), grads = jax.jit(lambda p: routed_value_and_grad(f, qs, p))(params)
     metrics = jax.tree.map(np.asarray, metrics)
     return metrics, metrics.pop("details"), case.grads_to_hf(cfg, jax.tree.map(np.asarray, grads)), cfg, qs, params
 
@@ -164,27 +182,77 @@ def check_case(case: golden.Case, **qs_overrides):
                 f"grad {name} {key}: {st[key]!r} vs the authors' {ref_st[key]!r}"
 
 
-@pytest.mark.skipif(not CASES, reason="no golden cases found")
 @pytest.mark.parametrize("name", CASES)
 def test_matches_the_authors_numbers(name):
     with jax.enable_x64(True):
         check_case(golden.Case(f"{golden.golden_root()}/{name}"))
 
 
-# Each of our deliberate departures from the authors' code must be caught by the comparison above
-# (so the test has teeth): with the field set to our alternative, some case fails.
+def test_a_golden_folder_without_cases_is_an_error(tmp_path):
+    """QUIETSTAR_GOLDEN_DIR naming an empty or missing folder: this module fails to collect, with one line
+    naming the folder (not a row of skips)."""
+    for folder in (tmp_path, tmp_path / "missing"):
+        env = dict(os.environ, QUIETSTAR_GOLDEN_DIR=str(folder))
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith(f"no golden case: {folder} ")]
+        assert out.returncode != 0 and len(lines) == 1, (folder, out.returncode, out.stdout[-3000:])
+        assert "test_matches_the_authors_numbers" not in out.stdout, out.stdout  # nothing collected to skip
+
+
+# ----------------------------------------------------------------------------- departures
+# Every QuietStarConfig field is in exactly one of the places below (test_every_quietstar_field_is_placed).
+# A new field that changes the objective when set (an opt-in stabiliser, say) goes in DEPARTURES as
+# {field: a non-default value}: test_each_departure_from_the_authors_is_detected then shows a golden case fails,
+# so the default still is the authors' objective and the comparison can see the option. docs/algorithm.md
+# ("Deliberate differences", "How this is checked") must name the same fields (test_the_docs_list_...).
+#   * the case sets it: golden.Case.case_settings() (the authors' hyper-parameters and token ids);
+#   * DEPARTURES: ours, acting on the loss or gradients of a first train step (run_case computes it as
+#     training/step.py does); each entry's values make some case fail. A field that only sets up another
+#     (the warm-up's mode and value) appears together with it;
+#   * ACT_ELSEWHERE: ours, but no golden case can show it (the case supplies the weights, which are also
+#     the initial ones, and replays the authors' thoughts); the test named checks it where it acts;
+#   * SAME_FUNCTION: another computation of the same values; the test named checks the equality.
 DEPARTURES = [
     {"policy_reduction": "sum"},
     {"policy_denominator": "valid"},
     {"reward_needs_all_targets": True},
     {"mask_thought_logits_in_nll": True},
     {"drop_last_reward_position": False},
+    {"mixer_bounded": True},
+    # the stabilisers (docs/algorithm.md), each off by default
+    {"thought_mode": "pause"},
+    {"entropy_bonus": 0.1},
+    {"advantage_norm": "batch"},
+    {"advantage_norm": "group"},
+    {"policy_params": "quietstar/.*"},
+    {"policy_grad_max_share": 0.1},
+    {"mixing_warmup_steps": 2},
+    {"mixing_warmup_steps": 2, "mixing_warmup_mode": "floor", "mixing_warmup_value": 0.5},
 ]
+_DENSE = "tests/test_quietstar.py::test_loss_and_grads_equal_dense_reference"
+ACT_ELSEWHERE = {
+    # init only: the case supplies the weights
+    "mixing_head_init": "tests/test_quietstar.py::test_each_init_departure_from_the_authors_is_detected",
+    "mixing_head_last_bias": "tests/test_quietstar.py::test_each_init_departure_from_the_authors_is_detected",
+    # sampling only: the case replays the authors' thoughts
+    "top_k": "tests/test_quietstar.py::test_top_k_keeps_the_thoughts_among_the_k_most_likely_ids",
+    # KL to the initial params: 0, and so is its gradient, at the initial params, which a case's are
+    "kl_coef": _DENSE,
+    # thought adapters: a case has none, and they start as a no-op (B = 0); alpha and targets set them up
+    "adapter_rank": _DENSE,
+    "adapter_alpha": _DENSE,
+    "adapter_targets": _DENSE,
+}
+SAME_FUNCTION = {  # (mixer="logit" in the objective: the slow variant of test_quietstar.py's dense reference)
+    "mixer": "tests/test_inference.py::test_generation_equals_the_naive_loop",
+}
 
 
-@pytest.mark.skipif(not CASES, reason="no golden cases found")
 @pytest.mark.parametrize("overrides", DEPARTURES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
 def test_each_departure_from_the_authors_is_detected(overrides):
+    defaults = QuietStarConfig()
+    assert all(getattr(defaults, k) != v for k, v in overrides.items()), f"{overrides}: a default is not a departure"
     # Cases with padding first (several departures differ only there); stop at the first failure.
     cases = [golden.Case(f"{golden.golden_root()}/{name}") for name in CASES]
     cases.sort(key=lambda c: bool(np.all(c.batch()["segment_ids"])))
@@ -195,3 +263,33 @@ def test_each_departure_from_the_authors_is_detected(overrides):
             except AssertionError:
                 return
     pytest.fail(f"{overrides}: every golden case still passes, so the test cannot see this departure")
+
+
+def test_every_quietstar_field_is_placed():
+    departures = {k for d in DEPARTURES for k in d}
+    places = [set(golden.Case(f"{golden.golden_root()}/{CASES[0]}").case_settings()), departures,
+              set(ACT_ELSEWHERE), set(SAME_FUNCTION)]
+    fields = {f.name for f in dataclasses.fields(QuietStarConfig)}
+    placed = set().union(*places)
+    assert sum(map(len, places)) == len(placed), f"a field is in two places: {places}"
+    assert fields - placed == set(), f"QuietStarConfig fields placed nowhere here: {sorted(fields - placed)}"
+    assert placed - fields == set(), f"not QuietStarConfig fields: {sorted(placed - fields)}"
+    for field, where in {**ACT_ELSEWHERE, **SAME_FUNCTION}.items():  # the named test exists
+        path, test = where.split("::")
+        assert f"def {test}(" in open(os.path.join(REPO, path)).read(), (field, where)
+
+
+def test_the_docs_list_exactly_these_departures():
+    """docs/algorithm.md: its table of deliberate differences names (as config fields) exactly the
+    QuietStarConfig fields of DEPARTURES and ACT_ELSEWHERE, and its paragraph on this test names each."""
+    doc = open(os.path.join(REPO, "docs", "algorithm.md")).read()
+    fields = {f.name for f in dataclasses.fields(QuietStarConfig)}
+    table = doc.split("Deliberate differences")[1].split("\n\n")[1]
+    in_table = {name for row in table.splitlines() for name in re.findall(r"`(\w+)`", row.split("|")[-2])} & fields
+    departures = {k for d in DEPARTURES for k in d}
+    want = departures | set(ACT_ELSEWHERE)
+    assert in_table == want, (f"docs/algorithm.md's deliberate differences only: {sorted(in_table - want)}; "
+                              f"DEPARTURES / ACT_ELSEWHERE only: {sorted(want - in_table)}")
+    checked = doc.split("* `tests/test_golden.py`")[1].split("\n* ")[0]
+    for field in want:
+        assert f"`{field}`" in checked, f"docs/algorithm.md, How this is checked: {field} is not named"
