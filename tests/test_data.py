@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import builders
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -20,17 +21,12 @@ from quietstar_jax.errors import AssetError
 
 EOS = 300  # outside the byte range, so documents can be recovered from a packed stream by splitting at it
 KEYS = ("tokens", "positions", "segment_ids")
-SMOLLM2 = os.path.expanduser(os.path.join(os.environ.get("QUIETSTAR_CACHE") or "~/.cache/quietstar_jax",
-                                          "smollm2-135m-instruct"))
 
 
-def _gsm8k_dir():
-    here = os.path.dirname(os.path.abspath(__file__))
-    # $QUIETSTAR_GSM8K_DIR, or a checkout's sibling shared/ folder (the developers'); tests skip without it.
-    for d in (os.environ.get("QUIETSTAR_GSM8K_DIR", ""), os.path.join(here, "..", "..", "shared", "data", "gsm8k")):
-        if d and os.path.isfile(os.path.join(d, "train.jsonl")):
-            return d
-    return None
+def _gsm8k_docs(template: str = "Question: {question}\nAnswer: {answer}") -> list:
+    """The repository's GSM8K slice (tests/fixtures/gsm8k: 20 official test.jsonl lines) as documents."""
+    with open(builders.GSM8K_FIXTURE) as f:
+        return [template.format(**json.loads(line)) for line in f]
 
 
 def make_docs(n=23, seed=0):
@@ -411,35 +407,23 @@ def test_data_errors_name_file_and_line(tmp_path):
 
 
 def test_gsm8k_jsonl_with_question_answer_template(tmp_path):
-    d = _gsm8k_dir()
-    if d is None:
-        pytest.skip("GSM8K jsonl not available (shared data folder)")
     template = "Question: {question}\nAnswer: {answer}"
-    cfg = jsonl_config(os.path.join(d, "train.jsonl"), tmp_path, text_template=template, max_documents=200,
+    cfg = jsonl_config(builders.GSM8K_FIXTURE, tmp_path, text_template=template, max_documents=16,
                        shuffle=False, mode="crop", add_eos=False)
     rows = build_row_source(cfg, byte_encoder(), 4096)
-    assert rows.rows_per_epoch == 200
-    with open(os.path.join(d, "train.jsonl")) as f:
-        first = json.loads(f.readline())
-    row = rows[0]
-    text = bytes(row["tokens"][row["segment_ids"] > 0].astype(np.uint8))
-    assert text.decode() == template.format(**first)
+    assert rows.rows_per_epoch == 16  # of the file's 20 lines
+    for i in (0, 15):
+        row = rows[i]
+        text = bytes(row["tokens"][row["segment_ids"] > 0].astype(np.uint8))
+        assert text.decode() == _gsm8k_docs(template)[i]
 
 
-def test_hf_tokenizer_smollm2(tmp_path):
-    if not os.path.isfile(os.path.join(SMOLLM2, "tokenizer.json")):
-        pytest.skip(f"SmolLM2 tokenizer not materialised at {SMOLLM2}")
+def test_hf_tokenizer_smollm2(tmp_path, smollm2_folder):
     import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2)
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
     enc = hf_encoder(tok, eos_id=tok.convert_tokens_to_ids("<|endoftext|>"))
-    gsm = _gsm8k_dir()
-    if gsm:
-        with open(os.path.join(gsm, "test.jsonl")) as f:
-            docs = [(lambda r: f"Question: {r['question']}\nAnswer: {r['answer']}")(json.loads(next(f)))
-                    for _ in range(60)]
-    else:
-        docs = make_docs(60)
+    docs = _gsm8k_docs() + make_docs(40)  # real word problems (the first 10 compared id by id) and short ones
     for d in docs[:10]:
         assert enc.encode(d) == tok(d, add_special_tokens=False)["input_ids"]
     wrapped = FakeTrainingTokenizer()  # a training tokenizer carrying the HF one goes through hf_encoder

@@ -70,12 +70,8 @@ def test_mistral_answer_positions(mistral):
     assert isinstance(c.positions, np.ndarray)
 
 
-def test_smollm2_valid_sets():
-    from quietstar_jax.assets.smollm2 import is_materialized, smollm2_folder
-
-    if not is_materialized(smollm2_folder()):
-        pytest.skip("SmolLM2 not materialised here (python -m quietstar_jax.train builds it)")
-    tok = HFTokenizer(smollm2_folder())
+def test_smollm2_valid_sets(smollm2_folder):
+    tok = HFTokenizer(smollm2_folder)
     valid = ValidTokens.derive(tok)
     assert [tok.hf.convert_ids_to_tokens(i) for i in valid.digits] == list("0123456789")
     assert tok.hf.convert_ids_to_tokens(list(valid.letters)) == ["ĠA", "ĠB", "ĠC", "ĠD", "ĠE"]

@@ -231,7 +231,8 @@ def test_scripts_parse():
         assert r.returncode == 0, (name, r.stderr)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck not installed (Debian: apt-get install shellcheck; .ci/run installs it)")
 def test_shellcheck_clean():
     r = subprocess.run(["shellcheck", "-x", *(f"launch/{n}" for n in SCRIPTS)], cwd=REPO, capture_output=True,
                        text=True)

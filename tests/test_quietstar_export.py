@@ -27,8 +27,6 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.hf
 
 V = 211
-SMOLLM2 = os.path.expanduser(os.path.join(os.environ.get("QUIETSTAR_CACHE", "~/.cache/quietstar_jax"),
-                                          "smollm2-135m-instruct"))
 IDS = {"outside": (V, V + 1), "inside": (V - 2, V - 1), "gap_reversed": (V + 3, V + 1)}
 VARIANTS = [(True, "outside"), (True, "inside"), (False, "outside"), (False, "inside"), (False, "gap_reversed"),
             (False, "last_bias")]
@@ -309,11 +307,10 @@ def test_tokenizer_id_mismatch_is_an_error_and_writes_nothing(tmp_path):
     assert os.listdir(tmp_path) == []  # no folder, no staging leftovers
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SMOLLM2, "tokenizer.json")), reason="no local SmolLM2")
-def test_real_smollm2_tokenizer(tmp_path):
+def test_real_smollm2_tokenizer(tmp_path, smollm2_folder):
     from quietstar_jax.quietstar.tokens import add_thought_tokens
 
-    tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2)
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_folder)
     n = len(tok)
     start, end, _ = add_thought_tokens(tok)
     assert (start, end) == (n, n + 1)
