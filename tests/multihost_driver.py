@@ -73,11 +73,11 @@ def _dump_params(params, path: str) -> None:
     import jax
     from jax.experimental import multihost_utils
 
-    from quietstar_jax.training.optimizer import _path_str
+    from quietstar_jax.model.params import path_string
 
     if jax.process_count() > 1:
         params = multihost_utils.process_allgather(params, tiled=True)
-    flat = {_path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {path_string(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     if jax.process_index() == 0:
         np.savez(path, **flat)
 
