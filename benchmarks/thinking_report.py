@@ -9,9 +9,13 @@ import json
 import math
 import os
 
-ARM_ORDER = ("baseline", "baseline_flops", "pause", "authors", "recipe")
+ARM_ORDER = ("baseline", "baseline_flops", "pause", "authors", "recipe", "recipe_no_reinforce", "recipe_default_init",
+             "recipe_no_entropy", "recipe_p2")
+# The plots compare the main arms; the ablations are in the tables.
+PLOT_ARMS = ARM_ORDER[:5]
 # (panel title, where the value comes from: "curve" keys are per training step, "eval" keys per eval)
-PANELS = (("thought entropy (nats)", "curve", ("thought_entropy",)),
+PANELS = (("held-out answer accuracy (own prediction)", "eval", (("answer", "think_acc"), ("answer", "base_acc"))),
+          ("thought entropy (nats)", "curve", ("thought_entropy",)),
           ("mixing weight w", "curve", ("mixing_weight",)),
           ("mean reward", "curve", ("reward_mean",)),
           ("held-out NLL without thinking", "eval", ("heldout_nll", "nll_base")),
@@ -19,6 +23,12 @@ PANELS = (("thought entropy (nats)", "curve", ("thought_entropy",)),
 
 
 def _get(d, path):
+    if path and isinstance(path[0], tuple):  # alternatives: the first that is there
+        for alt in path:
+            v = _get(d, alt)
+            if v is not None:
+                return v
+        return None
     for k in path:
         if not isinstance(d, dict) or d.get(k) is None:
             return None
@@ -102,9 +112,10 @@ def plot(task: str, arms: dict, out_png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (title, source, path) in zip(axes, PANELS):
-        for name in [a for a in ARM_ORDER if a in arms]:
+    panels = [p for p in PANELS if any(_series(a["seeds"], p[1], p[2])[0] for a in arms.values())]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, source, path) in zip(axes, panels):
+        for name in [a for a in PLOT_ARMS if a in arms]:
             steps, ys = _series(arms[name]["seeds"], source, path)
             if steps:
                 ax.plot(steps, ys, label=f"{name} ({len(arms[name]['seeds'])} seeds)", lw=1.4)

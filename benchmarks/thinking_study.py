@@ -1,15 +1,15 @@
 """Does thinking pay? Quiet-STaR against its controls, on a task built so that it can, and on SmolLM2.
 
     python benchmarks/thinking_study.py                       # everything (resumes where it stopped)
-    python benchmarks/thinking_study.py --tasks=multihop      # the synthetic task only (~1-2 h here)
+    python benchmarks/thinking_study.py --tasks=multihop      # the synthetic task only (~3 h here)
     python benchmarks/thinking_study.py --tasks=smollm2 --gsm8k=/path/to/gsm8k/test.jsonl
     python benchmarks/thinking_study.py --report              # tables and plots from finished jobs only
 
 Task "multihop" (quietstar_jax.data.multihop): random 8-letter cycles per document, queries "?x"
 followed by sigma^2(x). A small transformer (2 layers) is first pretrained from scratch as a plain LM
-(one model per seed); it learns one-hop lookups from the chain documents but cannot compose two
+(once, PRETRAIN_SEED); it learns one-hop lookups from the chain documents but cannot compose two
 lookups in one forward pass. Every arm then continues from that model on the same data for the same
-number of steps (same batches in the same order):
+number of steps (for a given seed, the same batches in the same order):
 
     baseline        N = M = P = 1: plain continued pretraining
     baseline_flops  the same with as many more steps as a Quiet-STaR step costs in FLOPs (jaxpr count)
@@ -57,21 +57,36 @@ flags.DEFINE_bool("smoke", False, "tiny everything (a few steps per job): checks
 # ----------------------------------------------------------------------------- the synthetic task
 
 MH = dict(hidden=128, layers=2, heads=4, seq_len=64, batch=32, train_docs=20000, heldout_docs=1000,
-          pretrain_steps=3000, pretrain_lr=1e-3, steps=600, lr=1e-4, warmup=20, eval_every=50,
+          pretrain_steps=6000, pretrain_lr=3e-3, pretrain_warmup=200, steps=150, lr=1e-4, warmup=20, eval_every=25,
           eval_docs=256, n_ahead=4, n_ahead_talk=2)
-# The stabilised recipe (every field a config.quietstar / optimizer field; chosen by the search that
-# the README reports, on the synthetic task only, then used unchanged on SmolLM2 except the lr).
+# The thought tokens' initial embeddings on this task, for every arm that thinks (the authors' arm
+# included, so that arms differ only in the algorithm): <start> from " " (a neutral separator: after it
+# the model writes any table letter) and <end> from ">" (the task's "one hop" operator: after "t>" the
+# model writes sigma(t)). So a written step can be read from the first step on, but what to write must
+# be learned: the thought after "?x" starts as a random table letter (sigma(x) about 1 time in 8).
+MH_INIT = {"quietstar.start_init_text": " ", "quietstar.end_init_text": ">"}
+# The stabilised recipe: every field a config.quietstar field, chosen by the search that the README
+# reports (on the synthetic task only), used unchanged on SmolLM2.
 RECIPE = {
     "quietstar.n_passes": 4,
     "quietstar.policy_weight": 1.0,
     "quietstar.advantage_norm": "batch",
     "quietstar.entropy_bonus": 0.01,
-    "quietstar.mixing_warmup_steps": 100,
-    "quietstar.mixing_warmup_mode": "floor",
-    "quietstar.mixing_warmup_value": 1.0,
+}
+# One-seed ablations of the recipe on the synthetic task: what each part is worth.
+ABLATIONS = {
+    "recipe_no_reinforce": {},  # advantages zeroed (policy_weight 0): REINFORCE off, all else equal
+    "recipe_default_init": {"quietstar.start_init_text": "---", "quietstar.end_init_text": "---"},
+    "recipe_no_entropy": {"quietstar.entropy_bonus": 0.0},
+    "recipe_p2": {"quietstar.n_passes": 2},
 }
 MH_ARMS = ("baseline", "baseline_flops", "pause", "authors", "recipe")
-
+# One base model for the whole task: pretraining it takes ~18 min here, and a seed of an arm is then a
+# seed of what the arm does (sampling, batch order), not of the pretraining.
+PRETRAIN_SEED = 0
+# The order jobs run in: one seed of every arm before the next seed, the arms that decide the question
+# first, so that a study stopped early still compares like with like.
+MH_PRIORITY = ("recipe", "baseline", "pause", "authors", "baseline_flops")
 SM = dict(steps=200, lr=1e-5, warmup=10, heldout_rows=32, eval_every=50, n_csqa=300, n_gsm8k=200)
 SM_ARMS = ("baseline", "authors", "recipe")
 
@@ -106,19 +121,26 @@ def multihop_config(arm: str, seed: int, work: str, steps: int | None = None):
     if arm == "pretrain":
         _off(c)
         c.steps = steps or m["pretrain_steps"]
-        c.optimizer.learning_rate, c.optimizer.warmup_steps, c.optimizer.schedule = m["pretrain_lr"], 100, "cosine"
+        c.optimizer.learning_rate, c.optimizer.warmup_steps = m["pretrain_lr"], m["pretrain_warmup"]
+        c.optimizer.schedule = "cosine"
         return c
-    c.model.init_from = os.path.join(work, "multihop", "pretrain", f"seed{seed}", "workdir", "params_export")
+    # Every arm and seed continues from the one pretrained model (PRETRAIN_SEED); an arm's seed sets its
+    # thought sampling and the order of its batches (the same order for every arm of that seed).
+    c.model.init_from = os.path.join(work, "multihop", "pretrain", f"seed{PRETRAIN_SEED}", "workdir", "params_export")
+    c.data.seed = seed
     c.steps = steps or m["steps"]
     c.optimizer.learning_rate, c.optimizer.warmup_steps = m["lr"], m["warmup"]
     c.quietstar.n_ahead, c.quietstar.n_ahead_talk = m["n_ahead"], m["n_ahead_talk"]
     if arm in ("baseline", "baseline_flops"):
-        _off(c)
-    elif arm == "pause":
+        return _off(c)
+    config_lib.override(c, **MH_INIT)
+    if arm == "pause":
         c.quietstar.thought_mode = "pause"
         c.quietstar.n_passes = 1
-    elif arm == "recipe":
-        config_lib.override(c, **RECIPE)
+    elif arm == "recipe" or arm in ABLATIONS:
+        config_lib.override(c, **{**RECIPE, **ABLATIONS.get(arm, {})})
+        if arm == "recipe_no_reinforce":
+            c.quietstar.policy_weight = 0.0
     elif arm != "authors":
         raise ValueError(f"unknown multihop arm {arm!r}")
     return c
@@ -226,7 +248,8 @@ def run_multihop_job(arm: str, seed: int, work: str, job_dir: str) -> dict:
 
     curves, evals = [], []
     trainer.add_hook(_curve_hook(curves), every=1)
-    every = 1 if smoke else (MH["eval_every"] if arm != "pretrain" else 500)
+    # The same number of evaluations in every arm (baseline_flops runs more, cheaper steps).
+    every = 1 if smoke else (500 if arm == "pretrain" else max(MH["eval_every"], c.steps * MH["eval_every"] // MH["steps"]))
     trainer.add_hook(lambda info: evals.append({"step": info.step, **evaluate(info.state["params"], n_eval)}),
                      every=every, at_last=False)
     evals.append({"step": 0, **evaluate(trainer.state["params"], n_eval)})
@@ -306,8 +329,13 @@ def jobs() -> list[str]:
     for task in FLAGS.tasks:
         if task == "multihop":
             n = FLAGS.seeds or 3
-            out += [f"multihop/pretrain/seed{s}" for s in range(n)]
-            out += [f"multihop/{a}/seed{s}" for a in MH_ARMS if not FLAGS.arms or a in FLAGS.arms for s in range(n)]
+            out.append(f"multihop/pretrain/seed{PRETRAIN_SEED}")
+            for s in range(n):
+                out += [f"multihop/{a}/seed{s}" for a in MH_PRIORITY if not FLAGS.arms or a in FLAGS.arms]
+                if s == 0:  # REINFORCE off: the control that decides whether the policy term is doing the work
+                    out += [f"multihop/{a}/seed0" for a in ("recipe_no_reinforce",) if not FLAGS.arms or a in FLAGS.arms]
+            out += [f"multihop/{a}/seed0" for a in ABLATIONS
+                    if a != "recipe_no_reinforce" and (not FLAGS.arms or a in FLAGS.arms)]
         elif task == "smollm2":
             for a in SM_ARMS:
                 if FLAGS.arms and a not in FLAGS.arms:
@@ -368,7 +396,7 @@ def _guess(spec: str) -> float:
     task, arm = spec.split("/")[:2]
     if task == "smollm2":
         return 600 if arm == "baseline" else 2800
-    return {"pretrain": 900, "baseline": 150, "baseline_flops": 600}.get(arm, 900)
+    return {"pretrain": 1100, "baseline": 120, "baseline_flops": 900}.get(arm, 700)
 
 
 def _mean(xs):
@@ -383,7 +411,8 @@ def report():
     from thinking_report import report as write_report  # benchmarks/ (this script's folder) is on sys.path
 
     return write_report(os.path.abspath(FLAGS.work), FLAGS.results,
-                        {"multihop": MH, "smollm2": SM, "recipe": RECIPE, "smoke": FLAGS.smoke})
+                        {"multihop": MH, "multihop_init": MH_INIT, "smollm2": SM, "recipe": RECIPE,
+                         "ablations": ABLATIONS, "smoke": FLAGS.smoke})
 
 
 def main(argv):

@@ -235,6 +235,8 @@ ACT_ELSEWHERE = {
     # init only: the case supplies the weights
     "mixing_head_init": "tests/test_quietstar.py::test_each_init_departure_from_the_authors_is_detected",
     "mixing_head_last_bias": "tests/test_quietstar.py::test_each_init_departure_from_the_authors_is_detected",
+    "start_init_text": "tests/test_stabilisers.py::test_thought_init_texts_set_the_initial_embeddings",
+    "end_init_text": "tests/test_stabilisers.py::test_thought_init_texts_set_the_initial_embeddings",
     # sampling only: the case replays the authors' thoughts
     "top_k": "tests/test_quietstar.py::test_top_k_keeps_the_thoughts_among_the_k_most_likely_ids",
     # KL to the initial params: 0, and so is its gradient, at the initial params, which a case's are

@@ -128,3 +128,23 @@ def test_policy_params_and_trainable_must_match_something():
         _setup(**{"quietstar.policy_params": "quietstar/nothing/.*"})
     with pytest.raises(ConfigError, match="trainable.*matches no parameter"):
         _setup(**{"optimizer.trainable": "nothing"})
+
+
+def test_thought_init_texts_set_the_initial_embeddings():
+    """<start> / <end> start as the mean embedding of their init texts (divided by the storage scale):
+    "---" for both by default (the authors), each its own text on request."""
+    from quietstar_jax.quietstar import QuietStarConfig, init_quietstar_params
+    from quietstar_jax.quietstar.tokens import thought_init_ids
+    from quietstar_jax.training.tokenizer import ByteTokenizer
+
+    cfg = builders.model_config(vocab_size=258)
+    params = {"model": {"embed_tokens": {"weight": jax.random.normal(jax.random.key(0), (258, 32))}}}
+    table = np.asarray(params["model"]["embed_tokens"]["weight"])
+    tok = ByteTokenizer()
+    for start, end in (("---", "---"), (" ", ">"), ("ab", "-")):
+        qs = QuietStarConfig(start_id=256, end_id=257, start_init_text=start, end_init_text=end)
+        te = np.asarray(init_quietstar_params(params, cfg, qs, jax.random.key(1),
+                                              thought_init_ids(tok, qs))["thought_embeddings"])
+        for row, text in zip(te, (start, end)):
+            want = table[list(text.encode())].mean(0) / qs.embedding_scale
+            np.testing.assert_allclose(row, want, rtol=1e-6, atol=1e-8)

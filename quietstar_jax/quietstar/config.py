@@ -99,6 +99,10 @@ class QuietStarConfig:
     adapter_rank: int = 0
     adapter_alpha: float = 0.0
     adapter_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # The texts whose mean token embedding initialises the <start> and <end> embeddings (authors: "---"
+    # for both, a neutral separator in natural text). Only the initial params depend on them.
+    start_init_text: str = "---"
+    end_init_text: str = "---"
     start_id: int = -1  # <|startofthought|>; set from the tokenizer
     end_id: int = -1  # <|endofthought|>
     # Token fed to the teacher-forced streams past the end of a row (the authors feed their pad id).

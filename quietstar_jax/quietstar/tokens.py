@@ -36,10 +36,25 @@ def add_thought_tokens(tokenizer) -> tuple[int, int, list[int]]:
 
 
 def init_thought_embeddings(params: dict, qs: QuietStarConfig, init_ids) -> jax.Array:
-    """(2, H) float32: mean embedding of `init_ids` for both start and end, stored / scale."""
-    table = params["model"]["embed_tokens"]["weight"]
-    mean = jnp.mean(jnp.take(jnp.asarray(table, jnp.float32), jnp.asarray(init_ids), axis=0), axis=0)
-    return jnp.stack([mean, mean]) / qs.embedding_scale
+    """(2, H) float32: the mean embedding of `init_ids` for both start and end (a list of ids), or of
+    init_ids[0] for start and init_ids[1] for end (a pair of lists), stored / scale."""
+    table = jnp.asarray(params["model"]["embed_tokens"]["weight"], jnp.float32)
+    pair = isinstance(init_ids, tuple) and len(init_ids) == 2 and not isinstance(init_ids[0], int)
+    start_ids, end_ids = init_ids if pair else (init_ids, init_ids)
+    mean = lambda ids: jnp.mean(jnp.take(table, jnp.asarray(ids), axis=0), axis=0)  # noqa: E731
+    return jnp.stack([mean(start_ids), mean(end_ids)]) / qs.embedding_scale
+
+
+def thought_init_ids(tokenizer, qs: QuietStarConfig):
+    """What init_thought_embeddings starts from: the tokenizer's ids of "---" (the authors'), or the pair
+    (ids of qs.start_init_text, ids of qs.end_init_text) when either differs."""
+    if qs.start_init_text == INIT_TEXT and qs.end_init_text == INIT_TEXT:
+        return tokenizer.init_ids
+    ids = tuple(list(tokenizer.encode(t)) for t in (qs.start_init_text, qs.end_init_text))
+    if not all(ids):
+        raise ValueError(f"quietstar: start_init_text {qs.start_init_text!r} / end_init_text {qs.end_init_text!r} "
+                         "encode to no tokens")
+    return ids
 
 
 def embed_with_thoughts(params: dict, cfg: ModelConfig, qs: QuietStarConfig, tokens: jax.Array) -> jax.Array:

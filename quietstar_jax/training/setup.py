@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from quietstar_jax.errors import ConfigError
 from quietstar_jax.model.config import ModelConfig
 from quietstar_jax.quietstar.config import QuietStarConfig
+from quietstar_jax.quietstar.tokens import thought_init_ids
 from quietstar_jax.sharding import batch_sharding, make_mesh, under_mesh
 from quietstar_jax.training import config as config_lib
 from quietstar_jax.training import multihost
@@ -235,7 +236,7 @@ def initial_state(config, setup: Setup, loaded: LoadedModel):
     """Step-0 state: the loaded weights plus fresh Quiet-STaR params, or a random init; sharded."""
     cfg, qs, tok = setup.cfg, setup.qs, loaded.tokenizer
     if loaded.host_params is None:
-        return init_state(random_params_fn(cfg, qs, config.seed, tok.init_ids), setup.tx, setup.shardings)
+        return init_state(random_params_fn(cfg, qs, config.seed, thought_init_ids(tok, qs)), setup.tx, setup.shardings)
     return init_state_from_params(initial_params(config, setup, loaded), setup.tx, setup.shardings)
 
 
@@ -246,10 +247,11 @@ def initial_params(config, setup: Setup, loaded: LoadedModel):
     cfg, qs, tok = setup.cfg, setup.qs, loaded.tokenizer
     shardings = setup.shardings["params"]
     if loaded.host_params is None:
-        return jax.jit(random_params_fn(cfg, qs, config.seed, tok.init_ids), out_shardings=shardings)()
+        return jax.jit(random_params_fn(cfg, qs, config.seed, thought_init_ids(tok, qs)), out_shardings=shardings)()
     from quietstar_jax.quietstar import init_quietstar_params
 
-    qs_params = init_quietstar_params(loaded.host_params, cfg, qs, jax.random.key(config.seed + 1), tok.init_ids)
+    qs_params = init_quietstar_params(loaded.host_params, cfg, qs, jax.random.key(config.seed + 1),
+                                      thought_init_ids(tok, qs))
     return place_params(dict(loaded.host_params, quietstar=jax.tree.map(np.asarray, qs_params)), shardings)
 
 

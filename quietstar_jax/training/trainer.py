@@ -65,7 +65,7 @@ class Trainer:
         self.loaded = setup_lib.load_model(c, log=log)
         tok = self.loaded.tokenizer
         qs = setup_lib.quietstar_config(c, tok)
-        self.setup = setup_lib.build_setup(c, self.loaded.cfg, qs, tok.init_ids, mesh=mesh)
+        self.setup = setup_lib.build_setup(c, self.loaded.cfg, qs, setup_lib.thought_init_ids(tok, qs), mesh=mesh)
         from quietstar_jax.data import make_batch_source
 
         t = time.time()
