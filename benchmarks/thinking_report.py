@@ -10,7 +10,7 @@ import math
 import os
 
 ARM_ORDER = ("baseline", "baseline_flops", "pause", "authors", "recipe", "recipe_no_reinforce", "recipe_default_init",
-             "recipe_no_entropy", "recipe_p2")
+             "recipe_no_entropy", "recipe_p2", "recipe_adapters")
 # The plots compare the main arms; the ablations are in the tables.
 PLOT_ARMS = ARM_ORDER[:5]
 # (panel title, where the value comes from: "curve" keys are per training step, "eval" keys per eval)
@@ -131,6 +131,7 @@ def plot(task: str, arms: dict, out_png: str) -> None:
 
 TABLE_ROWS = {
     "multihop": (("held-out answer accuracy (the arm's own prediction)", "answer_acc"),
+                 ("  worst seed / best seed", ("answer_acc", "min", "max")),
                  ("  without thinking", "answer_acc_base"), ("  with thinking", "answer_acc_think"),
                  ("held-out answer NLL (own prediction)", "answer_nll"),
                  ("one-hop accuracy (chain documents)", "one_hop_acc_base"),
@@ -157,19 +158,23 @@ TABLE_ROWS = {
 
 def table(task: str, arms: dict) -> str:
     names = [a for a in ARM_ORDER if a in arms]
-    head = f"{'':44s}" + "".join(f"{a + ' (' + str(len(arms[a]['seeds'])) + ')':>22s}" for a in names)
+    head = f"{'':52s}" + "".join(f"{a + ' (' + str(len(arms[a]['seeds'])) + ')':>24s}" for a in names)
     lines = [head]
     for label, key in TABLE_ROWS[task]:
         cells = []
         for a in names:
+            if isinstance(key, tuple):  # (metric, statistic, statistic): two statistics over seeds
+                s = arms[a]["summary"].get(key[0])
+                cells.append(f"{'-':>24s}" if s is None else f"{s[key[1]]:>13.4g} / {s[key[2]]:<8.4g}")
+                continue
             s = arms[a]["summary"].get(key)
             if s is None:
-                cells.append(f"{'-':>22s}")
+                cells.append(f"{'-':>24s}")
             elif s["n"] > 1:
-                cells.append(f"{s['mean']:>10.4g} ± {s['std']:<9.2g}")
+                cells.append(f"{s['mean']:>13.4g} ± {s['std']:<8.2g}")
             else:
-                cells.append(f"{s['mean']:>22.4g}")
-        lines.append(f"{label:44s}" + "".join(cells))
+                cells.append(f"{s['mean']:>24.4g}")
+        lines.append(f"{label:52s}" + "".join(cells).rstrip())
     return "\n".join(lines)
 
 

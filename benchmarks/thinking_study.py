@@ -53,6 +53,10 @@ flags.DEFINE_string("gsm8k", "", "GSM8K test jsonl for the smollm2 task (default
 flags.DEFINE_bool("report", False, "only write the JSON and plots from the finished jobs")
 flags.DEFINE_string("job", "", "internal: run one job task/arm/seed in this process")
 flags.DEFINE_bool("smoke", False, "tiny everything (a few steps per job): checks the pipeline in minutes")
+flags.DEFINE_integer("multihop_steps", 0, "multihop: steps per arm (default MH['steps'])")
+flags.DEFINE_integer("multihop_heldout_docs", 0, "multihop: held-out documents per seed (default MH['heldout_docs'])")
+# Forwarded from the driver to every job it starts.
+_JOB_FLAGS = ("gsm8k", "smoke", "multihop_steps", "multihop_heldout_docs")
 
 # ----------------------------------------------------------------------------- the synthetic task
 
@@ -79,6 +83,9 @@ ABLATIONS = {
     "recipe_default_init": {"quietstar.start_init_text": "---", "quietstar.end_init_text": "---"},
     "recipe_no_entropy": {"quietstar.entropy_bonus": 0.0},
     "recipe_p2": {"quietstar.n_passes": 2},
+    # REINFORCE confined to how the model thinks (thought embeddings, mixing head, rank-8 thought
+    # adapters); the weights that predict text learn from the NLL alone (the SmolLM2 candidate).
+    "recipe_adapters": {"quietstar.policy_params": "quietstar/.*", "quietstar.adapter_rank": 8},
 }
 MH_ARMS = ("baseline", "baseline_flops", "pause", "authors", "recipe")
 # One base model for the whole task: pretraining it takes ~18 min here, and a seed of an arm is then a
@@ -202,6 +209,16 @@ def _flops_ratio(work: str, seed: int) -> float:
     return out[0] / out[1]
 
 
+def _multihop_train_docs(work: str) -> str:
+    """The training documents every multihop job reads (written once, from data seed 0)."""
+    from quietstar_jax.data import multihop as mh
+
+    path = os.path.join(work, "multihop", "train.jsonl")
+    if not os.path.exists(path):
+        mh.write_jsonl(path, mh.make_documents(mh.MultiHopTask(), MH["train_docs"], seed=0))
+    return path
+
+
 def run_multihop_job(arm: str, seed: int, work: str, job_dir: str) -> dict:
     import jax
     import numpy as np
@@ -312,6 +329,7 @@ def run_job(spec: str) -> None:
 
     logging.set_verbosity(logging.WARNING)
     if task == "multihop":
+        _multihop_train_docs(work)
         result = run_multihop_job(arm, seed, work, job_dir)
     else:
         result = run_smollm2_job(arm, seed, job_dir)
@@ -358,11 +376,7 @@ def _fmt(seconds: float) -> str:
 def drive() -> None:
     work = os.path.abspath(FLAGS.work)
     if "multihop" in FLAGS.tasks:
-        from quietstar_jax.data import multihop as mh
-
-        path = os.path.join(work, "multihop", "train.jsonl")
-        if not os.path.exists(path):
-            mh.write_jsonl(path, mh.make_documents(mh.MultiHopTask(), MH["train_docs"], seed=0))
+        _multihop_train_docs(work)
     todo = jobs()
     done_s: dict[str, list[float]] = {}
     t_start = time.time()
@@ -376,10 +390,7 @@ def drive() -> None:
               f"ETA {_fmt(est)} for {len(left)} jobs", flush=True)
         t0 = time.time()
         cmd = [sys.executable, os.path.abspath(__file__), f"--job={spec}", f"--work={work}"]
-        if FLAGS.gsm8k:
-            cmd.append(f"--gsm8k={FLAGS.gsm8k}")
-        if FLAGS.smoke:
-            cmd.append("--smoke")
+        cmd += [f"--{name}={getattr(FLAGS, name)}" for name in _JOB_FLAGS if getattr(FLAGS, name)]
         log = os.path.join(work, spec, "log.txt")
         os.makedirs(os.path.dirname(log), exist_ok=True)
         with open(log, "w") as f:
@@ -417,6 +428,10 @@ def report():
 
 def main(argv):
     del argv
+    if FLAGS.multihop_steps:
+        MH["steps"] = FLAGS.multihop_steps
+    if FLAGS.multihop_heldout_docs:
+        MH["heldout_docs"] = FLAGS.multihop_heldout_docs
     if FLAGS.job:
         run_job(FLAGS.job)
     elif FLAGS.report:
