@@ -106,23 +106,36 @@ def _series(seeds: dict, source: str, path: tuple):
     return steps, [sum(p[k] for p in per) / len(per) for k in steps]
 
 
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}" + ("" if k == 1 else "s")
+
+
 def plot(task: str, arms: dict, out_png: str) -> None:
+    """One panel per PANELS entry that has data, 3 to a row; one colour per arm in every panel. x is the
+    share of the arm's own training (step / steps): baseline_flops runs many more, cheaper steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [p for p in PANELS if any(_series(a["seeds"], p[1], p[2])[0] for a in arms.values())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
-    for ax, (title, source, path) in zip(axes, panels):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.4 * rows), squeeze=False)
+    colour = {name: f"C{i}" for i, name in enumerate(PLOT_ARMS)}
+    for ax, (title, source, path) in zip(axes.flat, panels):
         for name in [a for a in PLOT_ARMS if a in arms]:
             steps, ys = _series(arms[name]["seeds"], source, path)
+            total = max((s["final"].get("steps") or 0) for s in arms[name]["seeds"].values()) or 1
             if steps:
-                ax.plot(steps, ys, label=f"{name} ({len(arms[name]['seeds'])} seeds)", lw=1.4)
+                ax.plot([x / total for x in steps], ys, color=colour[name], lw=1.4,
+                        label=f"{name} ({_n(len(arms[name]['seeds']), 'seed')}, {total} steps)")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel("share of the arm's training (step / steps)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"thinking study: {task} (mean over seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)

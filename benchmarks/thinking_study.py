@@ -1,7 +1,7 @@
 """Does thinking pay? Quiet-STaR against its controls, on a task built so that it can, and on SmolLM2.
 
     python benchmarks/thinking_study.py                       # everything (resumes where it stopped)
-    python benchmarks/thinking_study.py --tasks=multihop      # the synthetic task only (~3 h here)
+    python benchmarks/thinking_study.py --tasks=multihop      # the synthetic task only (~2 h here)
     python benchmarks/thinking_study.py --tasks=smollm2 --gsm8k=/path/to/gsm8k/test.jsonl
     python benchmarks/thinking_study.py --report              # tables and plots from finished jobs only
 
