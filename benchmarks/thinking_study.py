@@ -79,7 +79,7 @@ RECIPE = {
 }
 # One-seed ablations of the recipe on the synthetic task: what each part is worth.
 ABLATIONS = {
-    "recipe_no_reinforce": {},  # advantages zeroed (policy_weight 0): REINFORCE off, all else equal
+    "recipe_no_reinforce": {"quietstar.policy_weight": 0.0},  # advantage zeroed: REINFORCE off, all else equal
     "recipe_default_init": {"quietstar.start_init_text": "---", "quietstar.end_init_text": "---"},
     "recipe_no_entropy": {"quietstar.entropy_bonus": 0.0},
     "recipe_p2": {"quietstar.n_passes": 2},
@@ -146,8 +146,6 @@ def multihop_config(arm: str, seed: int, work: str, steps: int | None = None):
         c.quietstar.n_passes = 1
     elif arm == "recipe" or arm in ABLATIONS:
         config_lib.override(c, **{**RECIPE, **ABLATIONS.get(arm, {})})
-        if arm == "recipe_no_reinforce":
-            c.quietstar.policy_weight = 0.0
     elif arm != "authors":
         raise ValueError(f"unknown multihop arm {arm!r}")
     return c

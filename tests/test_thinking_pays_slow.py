@@ -5,14 +5,15 @@ The jobs are the thinking study's own (benchmarks/thinking_study.py --job=...), 
 exactly what the README's study reports, with fewer steps and held-out documents. Each job runs in its
 own process (one CPU device, not the suite's eight). The pretrained base model (6000 plain-LM steps,
 ~14 min here) is kept in the asset cache ($QUIETSTAR_CACHE or ~/.cache/quietstar_jax) and reused; the
-two arms then take ~7 min each (twice that beside another job).
+two arms then take ~10 min each alone (the study's recipe: 570 s), ~21 min each beside another job.
 
 The measure is the model's own: on held-out query documents, the accuracy of its prediction of every
 answer token with a thought (what inference does) minus its accuracy without one. The base model cannot
 compose two lookups in one pass (about 1 in 5 right); a written intermediate step makes the answer one
 lookup away. With REINFORCE the recipe learns to write it (the study's seed 0, think vs base accuracy:
-0.26 vs 0.20 after 100 steps, 0.74 after 125, 0.89 vs 0.20 after 150); with the advantage zeroed (policy weight 0: the thought embeddings, the mixing
-head and the LM still learn from the NLL, the entropy bonus still acts) nothing rewards a useful thought.
+0.26 vs 0.20 after 100 steps, 0.74 after 125, 0.89 vs 0.20 after 150); with the advantage zeroed
+(policy weight 0: the thought embeddings, the mixing head and the LM still learn from the NLL, the
+entropy bonus still acts) nothing rewards a useful thought.
 """
 
 import json
